@@ -151,7 +151,6 @@ class RequestFeaturizer:
     def transform_one(self, text: str, n_turns: int = 1) -> np.ndarray:
         """Features of one request, shape ``(n_features,)``; the online fast path."""
         projection = self._projection()
-        vocabulary = self.vocabulary_
         counts = Counter(analyze(text, self.config.max_chars))
         k = projection.shape[1]
         out = np.empty(k + len(SIGNAL_NAMES))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 
-
 SIGNAL_NAMES: tuple[str, ...] = (
     "log_chars",
     "log_words",

@@ -23,7 +23,15 @@ import pandas as pd
 from router.errors import DatasetError
 
 PROMPT_COLUMNS = ("prompt_id", "task", "prompt", "split")
-OUTCOME_COLUMNS = ("prompt_id", "model", "score", "cost_usd", "input_tokens", "output_tokens", "latency_ms")
+OUTCOME_COLUMNS = (
+    "prompt_id",
+    "model",
+    "score",
+    "cost_usd",
+    "input_tokens",
+    "output_tokens",
+    "latency_ms",
+)
 MODEL_COLUMNS = (
     "model",
     "usd_per_mtok_in",
@@ -231,7 +239,9 @@ def _validate_outcomes(
     unknown_prompt = ~outcomes["prompt_id"].isin(prompts["prompt_id"])
     _fail_rows(path, "prompt_id", "are not in prompts.parquet", unknown_prompt, outcomes)
     duplicated = outcomes.duplicated(["prompt_id", "model"])
-    _fail_rows(path, "prompt_id, model", "are duplicated (prompt, model) pairs", duplicated, outcomes)
+    _fail_rows(
+        path, "prompt_id, model", "are duplicated (prompt, model) pairs", duplicated, outcomes
+    )
     tokens = pd.to_numeric(outcomes["input_tokens"], errors="coerce")
     _fail_rows(path, "input_tokens", "are not non-negative numbers", ~(tokens >= 0), outcomes)
 
@@ -247,7 +257,9 @@ def _derive_cost_latency(
     output_tokens = pd.to_numeric(out["output_tokens"], errors="coerce")
     if output_tokens.isna().any():
         from_text = (
-            out["response"].str.len() / 4 if "response" in out.columns else pd.Series(np.nan, index=out.index)
+            out["response"].str.len() / 4
+            if "response" in out.columns
+            else pd.Series(np.nan, index=out.index)
         )
         filled = output_tokens.fillna(from_text)
         median = filled.groupby(out["model"]).transform("median")
@@ -261,12 +273,13 @@ def _derive_cost_latency(
         out["output_tokens"] = output_tokens
     cost = pd.to_numeric(out["cost_usd"], errors="coerce")
     derived = (
-        out["input_tokens"] * per["usd_per_mtok_in"] + out["output_tokens"] * per["usd_per_mtok_out"]
+        out["input_tokens"] * per["usd_per_mtok_in"]
+        + out["output_tokens"] * per["usd_per_mtok_out"]
     ) / 1e6
     if cost.isna().any():
         notes.append(
-            f"{int(cost.isna().sum())} cost_usd value(s) derived from tokens x models.csv list prices"
-            " (approximate late-2024 prices)"
+            f"{int(cost.isna().sum())} cost_usd value(s) derived from tokens x models.csv "
+            "list prices (approximate late-2024 prices)"
         )
     out["cost_usd"] = cost.fillna(derived)
     latency = pd.to_numeric(out["latency_ms"], errors="coerce")

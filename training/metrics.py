@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +55,7 @@ def aiq(points: Curve, c_lo: float, c_hi: float) -> float:
     ys = np.array([q for _, q in hull])
     knots = np.unique(np.clip(np.concatenate([[c_lo, c_hi], xs]), c_lo, c_hi))
     total = 0.0
-    for a, b in zip(knots[:-1], knots[1:], strict=True):
+    for a, b in itertools.pairwise(knots):
         if (a + b) / 2 < xs[0]:
             continue  # H = 0 left of the cheapest point
         ya, yb = np.interp([a, b], xs, ys, right=ys[-1])

@@ -1,0 +1,157 @@
+"""``polyroute``: the command line.
+
+Subcommands
+-----------
+benchmark       every router and baseline on a routing dataset's test split (JSON, plots, MLflow)
+bench-features  latency of the featurizer's one-request path (p50/p95/p99)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from router.errors import PolyrouteError
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.benchmark import BenchmarkConfig, run_benchmark
+    from training.datasets import load_dataset
+    from training.plots import plot_curves, plot_replay
+    from training.report_table import benchmark_table
+
+    console = Console(stderr=True)
+    data = load_dataset(args.dataset)
+    for note in data.notes:
+        console.print(f"[dim]dataset: {note}[/dim]")
+    config = BenchmarkConfig(
+        strong=args.strong,
+        weak=args.weak,
+        bandits=tuple(b for b in args.bandits.split(",") if b),
+        bandit_lambdas=args.bandit_lambdas,
+        seed=args.seed,
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=args.quiet,
+    ) as bar:
+
+        def progress(label: str, total: int) -> Callable[[], None]:
+            task = bar.add_task(label, total=total)
+            return lambda: bar.advance(task)
+
+        result = run_benchmark(data, config, progress)
+    summary = result.summary
+    artifacts: list[Path] = []
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=1))
+        artifacts.append(out)
+    if args.plots:
+        plots = Path(args.plots)
+        plots.mkdir(parents=True, exist_ok=True)
+        artifacts.append(plot_curves(summary, result.single_points, plots / "curves.png"))
+        if result.traces:
+            artifacts.append(plot_replay(summary, result.traces, plots / "replay.png"))
+    Console().print(benchmark_table(summary))
+    if not args.no_mlflow:
+        from training.tracking import log_benchmark
+
+        run_id = log_benchmark(summary, artifacts, args.tracking_uri)
+        console.print(f"MLflow run {run_id}")
+    for path in artifacts:
+        console.print(f"wrote {path}")
+    return 0
+
+
+def _bench_features(args: argparse.Namespace) -> int:
+    import gc
+
+    import numpy as np
+
+    from features.featurizer import RequestFeaturizer
+    from training.datasets import load_dataset
+
+    data = load_dataset(args.dataset)
+    train, test = data.split("train"), data.split("test")
+    featurizer = RequestFeaturizer().fit(train.prompts["prompt"].tolist())
+    texts = test.prompts["prompt"].tolist()
+    for text in texts[:50]:
+        featurizer.transform_one(text)  # warm-up
+    timings = []
+    gc_was_enabled = gc.isenabled()
+    for _ in range(args.repeats):
+        for text in texts:
+            start = time.perf_counter_ns()
+            featurizer.transform_one(text)
+            timings.append(time.perf_counter_ns() - start)
+    if gc_was_enabled:
+        gc.enable()
+    us = np.array(timings) / 1e3
+    row = {
+        "dataset": data.name,
+        "n_calls": len(us),
+        "mean_chars": float(np.mean([len(t) for t in texts])),
+        "p50_us": float(np.percentile(us, 50)),
+        "p95_us": float(np.percentile(us, 95)),
+        "p99_us": float(np.percentile(us, 99)),
+        "max_us": float(us.max()),
+    }
+    print(json.dumps(row))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polyroute", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("benchmark", help="offline benchmark of routers on a routing dataset")
+    bench.add_argument("--dataset", default="bundled", help="dataset directory, or 'bundled'")
+    bench.add_argument("--json", help="write the result JSON here")
+    bench.add_argument("--plots", help="write PNG plots into this directory")
+    bench.add_argument("--strong", help="strong model of the APGR pair (default: best single)")
+    bench.add_argument("--weak", help="weak model of the APGR pair (default: cheapest)")
+    bench.add_argument(
+        "--bandits",
+        default="vw_squarecb,epsilon_greedy,linucb",
+        help="comma-separated bandit policies to replay ('' for none)",
+    )
+    bench.add_argument("--bandit-lambdas", type=int, default=7, help="trade-offs per bandit")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: embedded SQLite)")
+    bench.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    bench.add_argument("--quiet", action="store_true", help="no progress bar")
+    bench.set_defaults(func=_benchmark)
+
+    feats = sub.add_parser("bench-features", help="latency of featurizing one request")
+    feats.add_argument("--dataset", default="bundled")
+    feats.add_argument("--repeats", type=int, default=3)
+    feats.set_defaults(func=_bench_features)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: Any = args.func(args)
+    except PolyrouteError as exc:
+        print(f"polyroute: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

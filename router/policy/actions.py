@@ -1,0 +1,169 @@
+"""The action catalogue: each model's static description and a per-request cost/latency model.
+
+An :class:`~router.policy.base.Action` carries static features (price, speed, context window)
+and the request's expected cost and latency. Expected cost = input tokens x input price +
+predicted output tokens x output price; output tokens are predicted per model by a ridge
+regression on the request features (one matrix-vector product per request for all models).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import Ridge
+
+from router.errors import PolicyError
+from router.policy.base import Action
+
+ACTION_FEATURES = ("log_usd_in", "log_usd_out", "log_ttft", "log_speed", "log_context")
+CATALOGUE_COLUMNS = (
+    "model",
+    "usd_per_mtok_in",
+    "usd_per_mtok_out",
+    "ttft_ms",
+    "tokens_per_s",
+    "context_tokens",
+)
+
+
+class ActionCatalogue:
+    """Models with their prices and speeds, and a fitted output-length model.
+
+    Parameters
+    ----------
+    models : DataFrame with :data:`CATALOGUE_COLUMNS`
+
+    Attributes (after ``fit``)
+    --------------------------
+    token_coef_ : ndarray, shape (n_features, n_models)
+    token_intercept_ : ndarray, shape (n_models,)
+        Ridge regression of ``log1p(output_tokens)`` on request features, per model.
+    """
+
+    def __init__(self, models: pd.DataFrame) -> None:
+        missing = [c for c in CATALOGUE_COLUMNS if c not in models.columns]
+        if missing:
+            raise PolicyError(f"action catalogue: missing column(s) {missing}")
+        self.models = models[list(CATALOGUE_COLUMNS)].reset_index(drop=True)
+        self.names: list[str] = [str(m) for m in self.models["model"]]
+        self.index = {m: i for i, m in enumerate(self.names)}
+        m = self.models
+        self.static_features = np.column_stack(
+            [
+                np.log1p(m["usd_per_mtok_in"].to_numpy(float)),
+                np.log1p(m["usd_per_mtok_out"].to_numpy(float)),
+                np.log(m["ttft_ms"].to_numpy(float) + 1.0),
+                np.log(m["tokens_per_s"].to_numpy(float)),
+                np.log(m["context_tokens"].to_numpy(float)),
+            ]
+        )
+        self._price_in = m["usd_per_mtok_in"].to_numpy(float) / 1e6
+        self._price_out = m["usd_per_mtok_out"].to_numpy(float) / 1e6
+        self._ttft = m["ttft_ms"].to_numpy(float)
+        self._speed = m["tokens_per_s"].to_numpy(float)
+
+    def fit(
+        self, contexts: np.ndarray, output_tokens: np.ndarray, available: np.ndarray
+    ) -> ActionCatalogue:
+        """Fit the per-model output-length regressions.
+
+        Parameters
+        ----------
+        contexts : ndarray, shape (n, n_features)
+        output_tokens, available : ndarray, shape (n, n_models)
+        """
+        k = len(self.names)
+        coef = np.zeros((contexts.shape[1], k))
+        intercept = np.zeros(k)
+        for j in range(k):
+            ok = available[:, j]
+            if ok.sum() < 5:
+                intercept[j] = (
+                    float(np.log1p(np.nanmedian(output_tokens[:, j]))) if ok.any() else 0.0
+                )
+                continue
+            reg = Ridge(alpha=1.0).fit(contexts[ok], np.log1p(output_tokens[ok, j]))
+            coef[:, j] = reg.coef_
+            intercept[j] = float(reg.intercept_)
+        self.token_coef_ = coef
+        self.token_intercept_ = intercept
+        return self
+
+    def expected_output_tokens(self, contexts: np.ndarray) -> np.ndarray:
+        """Predicted output tokens, shape ``(n, n_models)`` (or ``(n_models,)`` for one row)."""
+        if not hasattr(self, "token_coef_"):
+            raise PolicyError("ActionCatalogue is not fitted: call fit() or load() first")
+        return np.expm1(np.clip(contexts @ self.token_coef_ + self.token_intercept_, 0.0, 12.0))
+
+    def expected_cost(self, contexts: np.ndarray, input_tokens: np.ndarray) -> np.ndarray:
+        """Predicted USD cost, same shape as ``expected_output_tokens``; ``input_tokens`` per
+        row (shape (n,) or (n, n_models))."""
+        tokens_in = np.asarray(input_tokens, dtype=float)
+        if contexts.ndim == 2 and tokens_in.ndim == 1:
+            tokens_in = tokens_in[:, None]
+        return tokens_in * self._price_in + self.expected_output_tokens(contexts) * self._price_out
+
+    def expected_latency(self, contexts: np.ndarray) -> np.ndarray:
+        return self._ttft + self.expected_output_tokens(contexts) / self._speed * 1000.0
+
+    def actions(
+        self, context: np.ndarray, input_tokens: float, models: Sequence[str] | None = None
+    ) -> list[Action]:
+        """The actions of one request for ``models`` (default: all), in that order."""
+        names = self.names if models is None else list(models)
+        unknown = [m for m in names if m not in self.index]
+        if unknown:
+            raise PolicyError(f"unknown model(s) {unknown}; the catalogue has {self.names}")
+        out_tokens = self.expected_output_tokens(context)
+        result = []
+        for name in names:
+            j = self.index[name]
+            result.append(
+                Action(
+                    model=name,
+                    features=self.static_features[j],
+                    expected_cost=float(
+                        input_tokens * self._price_in[j] + out_tokens[j] * self._price_out[j]
+                    ),
+                    expected_latency_ms=float(
+                        self._ttft[j] + out_tokens[j] / self._speed[j] * 1000.0
+                    ),
+                )
+            )
+        return result
+
+    def actions_with_costs(
+        self, costs: np.ndarray, latencies: np.ndarray, models: Sequence[str] | None = None
+    ) -> list[Action]:
+        """Actions whose expected cost/latency are given (e.g. precomputed in a batch)."""
+        names = self.names if models is None else list(models)
+        return [
+            Action(
+                model=name,
+                features=self.static_features[self.index[name]],
+                expected_cost=float(costs[self.index[name]]),
+                expected_latency_ms=float(latencies[self.index[name]]),
+            )
+            for name in names
+        ]
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.models.to_csv(path / "catalogue.csv", index=False)
+        np.savez(path / "catalogue.npz", coef=self.token_coef_, intercept=self.token_intercept_)
+        (path / "catalogue.json").write_text(json.dumps({"models": self.names}))
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ActionCatalogue:
+        path = Path(directory)
+        catalogue = cls(pd.read_csv(path / "catalogue.csv"))
+        arrays = np.load(path / "catalogue.npz")
+        catalogue.token_coef_ = arrays["coef"]
+        catalogue.token_intercept_ = arrays["intercept"]
+        return catalogue

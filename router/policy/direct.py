@@ -1,0 +1,160 @@
+"""The "direct" router: a per-model quality predictor, choosing ``argmax reward(q_hat, cost)``.
+
+For each model, an estimator of ``P(quality)`` given the request features is fitted on the
+prompts where the model's outcome is known. Scores in [0, 1] that are not 0/1 are handled as
+soft labels (cross-entropy): each row enters twice, as label 1 with weight q and label 0 with
+weight 1 - q. The choice maximises ``q_hat - w_cost * cost / scale - ...`` (the profile's reward
+spec) among eligible models, with an epsilon floor so that logged decisions stay usable for
+off-policy learning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import lightgbm as lgb
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from router.errors import PolicyError
+from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
+
+ESTIMATORS = ("logistic", "lgbm")
+
+
+def _soft_labels(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows duplicated as (label 1, weight q) and (label 0, weight 1 - q); zero weights dropped."""
+    xx = np.vstack([x, x])
+    yy = np.concatenate([np.ones(len(q)), np.zeros(len(q))])
+    ww = np.concatenate([q, 1.0 - q])
+    keep = ww > 0
+    return xx[keep], yy[keep], ww[keep]
+
+
+class QualityPredictor:
+    """Per-model quality estimators over a fixed list of models.
+
+    Parameters
+    ----------
+    estimator : {"logistic", "lgbm"}
+    C : float
+        Inverse regularisation of the logistic regression.
+    seed : int
+    """
+
+    def __init__(self, estimator: str = "logistic", C: float = 0.1, seed: int = 0) -> None:
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if C <= 0:
+            raise ValueError(f"C must be > 0, got {C}")
+        self.estimator = estimator
+        self.C = C
+        self.seed = seed
+
+    def _make(self) -> Any:
+        if self.estimator == "logistic":
+            return make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
+        return lgb.LGBMClassifier(
+            n_estimators=200,
+            learning_rate=0.03,
+            num_leaves=15,
+            min_child_samples=20,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.8,
+            random_state=self.seed,
+            n_jobs=1,
+            verbose=-1,
+        )
+
+    def fit(
+        self, contexts: np.ndarray, models: Sequence[str], quality: np.ndarray
+    ) -> QualityPredictor:
+        """``quality`` shape (n, len(models)), NaN where unknown."""
+        self.models_ = list(models)
+        self.estimators_: list[Any] = []
+        self.prior_ = np.zeros(len(models))
+        for j in range(len(models)):
+            known = np.isfinite(quality[:, j])
+            q = quality[known, j]
+            self.prior_[j] = float(q.mean()) if q.size else 0.5
+            if q.size < 2 or np.all(q == q[0]):
+                self.estimators_.append(None)  # constant: the prior is the prediction
+                continue
+            x, y, w = _soft_labels(contexts[known], q)
+            est = self._make()
+            if self.estimator == "logistic":
+                est.fit(x, y, logisticregression__sample_weight=w)
+            else:
+                est.fit(x, y, sample_weight=w)
+            self.estimators_.append(est)
+        self.index_ = {m: j for j, m in enumerate(self.models_)}
+        return self
+
+    def predict(self, contexts: np.ndarray) -> np.ndarray:
+        """Predicted quality, shape ``(n, n_models)``."""
+        if not hasattr(self, "estimators_"):
+            raise PolicyError("QualityPredictor is not fitted")
+        out = np.tile(self.prior_, (len(contexts), 1))
+        for j, est in enumerate(self.estimators_):
+            if est is not None:
+                out[:, j] = est.predict_proba(contexts)[:, 1]
+        return out
+
+
+class DirectPolicy(Policy):
+    """Full-information router: per-model quality predictor + the profile's reward trade-off."""
+
+    name = "direct"
+    explores = True
+
+    def __init__(
+        self,
+        reward: RewardSpec | None = None,
+        seed: int = 0,
+        estimator: str = "logistic",
+        C: float = 0.1,
+        epsilon: float = 0.02,
+    ) -> None:
+        super().__init__(reward, seed)
+        if not 0.0 < epsilon < 1.0:
+            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+        self.estimator = estimator
+        self.C = C
+        self.epsilon = epsilon
+        self.predictor = QualityPredictor(estimator, C, seed)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "estimator": self.estimator,
+            "C": self.C,
+            "epsilon": self.epsilon,
+        }
+
+    def fit(
+        self, contexts: np.ndarray, actions: Sequence[Action], quality: np.ndarray
+    ) -> DirectPolicy:
+        self.predictor.fit(contexts, [a.model for a in actions], quality)
+        return self
+
+    def predict_quality(self, contexts: np.ndarray) -> np.ndarray:
+        return self.predictor.predict(contexts)
+
+    def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
+        q_all = self.predictor.predict(context[None, :])[0]
+        index = self.predictor.index_
+        mean = float(self.predictor.prior_.mean())
+        q = np.array([q_all[index[a.model]] if a.model in index else mean for a in actions])
+        return greedy_pmf(self.reward.expected(q, actions), self.epsilon)
+
+    def _save_state(self, path: Path) -> None:
+        joblib.dump(self.predictor, path / "predictor.joblib")
+
+    def _load_state(self, path: Path) -> None:
+        self.predictor = joblib.load(path / "predictor.joblib")
