@@ -33,12 +33,13 @@ SIGNAL_NAMES: tuple[str, ...] = (
 # alternations costs ~100x more per request than these.
 _CODE_MARKERS = ("```", "def ", "return", "import ", "{", ";\n", "    ")
 _MATH_MARKERS = ("\\frac", "$", "^", "=", " + ", " - ")
-_DROP_DIGITS = str.maketrans("", "", "0123456789")
-_DROP_UPPER = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_DIGITS = b"0123456789"
+_UPPER = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# starts with a literal, so re scans for "\n" at C speed (a MULTILINE "^" pattern is 5x slower)
+_OPTION_LINE = re.compile(r"\n\(?[A-J][.)] ")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 _CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 _ARABIC = re.compile(r"[\u0600-\u06ff]")
-_OPTION = re.compile(r"^\(?[A-J][.)] ", re.MULTILINE)
 _IMPERATIVE = (
     "write",
     "implement",
@@ -79,7 +80,8 @@ def compute_signals(text: str, n_turns: int = 1, max_chars: int = 1024) -> list[
     n = max(len(text), 1)
     stripped = text.strip()
     head = stripped[:24].lower()
-    non_ascii = len(text) - len(text.encode("ascii", "ignore"))
+    encoded = text.encode("utf-8", "replace")
+    non_ascii = 0 if text.isascii() else len(text) - len(text.encode("ascii", "ignore"))
     # the script regexes only run on text that has non-ASCII characters at all
     cjk = len(_CJK.findall(text)) if non_ascii else 0
     cyrillic = len(_CYRILLIC.findall(text)) if non_ascii else 0
@@ -91,15 +93,15 @@ def compute_signals(text: str, n_turns: int = 1, max_chars: int = 1024) -> list[
         math.log1p(max(n_turns, 1)),
         math.log1p(sum(text.count(m) for m in _CODE_MARKERS)),
         math.log1p(sum(text.count(m) for m in _MATH_MARKERS)),
-        (len(text) - len(text.translate(_DROP_DIGITS))) / n,
-        (len(text) - len(text.translate(_DROP_UPPER))) / n,
+        (len(encoded) - len(encoded.translate(None, _DIGITS))) / n,
+        (len(encoded) - len(encoded.translate(None, _UPPER))) / n,
         non_ascii / n,
         cjk / n,
         cyrillic / n,
         arabic / n,
         math.log1p(text.count("?")),
         1.0 if stripped.endswith("?") else 0.0,
-        float(len(_OPTION.findall(text))),
-        1.0 if "__" in text or "blank" in text.lower() else 0.0,
+        float(len(_OPTION_LINE.findall(text)) + text.startswith(("A. ", "A) ", "(A) "))),
+        1.0 if "__" in text or "blank" in text or "Blank" in text else 0.0,
         1.0 if head.startswith(_IMPERATIVE) else 0.0,
     ]

@@ -66,7 +66,7 @@ def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
     assert result["n_test"] == 120
     for name in ("direct", "knn10", "per_task_static", "random", "best_single", "cheapest",
                  "zero_router", "bandit:vw_squarecb", "bandit:epsilon_greedy"):  # fmt: skip
-        assert ROUTER_KEYS <= set(result["routers"][name]), name
+        assert set(result["routers"][name]) >= ROUTER_KEYS, name
     assert {"apgr", "cpt_50", "cpt_80"} <= set(result["routers"]["direct"])
 
 

@@ -262,6 +262,7 @@ def test_split_and_subset(small: RoutingDataset) -> None:
 
 # ---------------------------------------------------------------- invalid input
 
+
 def _drop_file(name: str) -> Callable[[Path], None]:
     return lambda d: (d / name).unlink()
 
@@ -304,7 +305,9 @@ def _append_row(table: pd.DataFrame, **values: object) -> pd.DataFrame:
 
 
 INVALID = [
-    pytest.param(_drop_file("outcomes.parquet"), r"outcomes\.parquet: file is missing", id="no-file"),
+    pytest.param(
+        _drop_file("outcomes.parquet"), r"outcomes\.parquet: file is missing", id="no-file"
+    ),
     pytest.param(_drop_file("models.csv"), r"models\.csv: file is missing", id="no-models-csv"),
     pytest.param(
         _rewrite("prompts", lambda t: t.drop(columns=["split"])),
@@ -413,7 +416,9 @@ def test_text_input_tokens_give_dataset_error_not_type_error(tmp_path: Path) -> 
 
 def test_missing_directory(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
-    with pytest.raises(DatasetError, match=rf"dataset directory {re.escape(str(missing))} does not"):
+    with pytest.raises(
+        DatasetError, match=rf"dataset directory {re.escape(str(missing))} does not"
+    ):
         load_dataset(missing)
 
 

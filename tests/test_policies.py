@@ -26,7 +26,7 @@ def make(name: str, models: list[str], seed: int = 0) -> Policy:
 def trained(name: str, small: RoutingDataset, fitted, seed: int = 0, steps: int = 60) -> Policy:
     """Warm-started on full information where the policy supports it, then a short
     partial-feedback stream: the same for every policy."""
-    featurizer, catalogue, x = fitted
+    _featurizer, catalogue, x = fitted
     train = small.split("train")
     policy = make(name, catalogue.names, seed)
     policy.fit(x[:100], catalogue.actions(x[0], 100.0), train.quality[:100])
