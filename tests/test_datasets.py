@@ -175,11 +175,6 @@ def test_absent_pair_is_unknown(small: RoutingDataset) -> None:
     assert note_with(small, "absent").startswith("1 absent (prompt, model)")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: the 'absent' note's per-model breakdown counts null-score holes too "
-    "(training/datasets.py, holes = ~available), so it does not add up to the absent count",
-)
 def test_absent_note_per_model_counts_only_absent_pairs(small: RoutingDataset) -> None:
     note = note_with(small, "absent")
     assert note.endswith("{'alpha': 1}")
@@ -330,6 +325,11 @@ INVALID = [
         id="score-above-1",
     ),
     pytest.param(
+        _set("outcomes", 1, "output_tokens", -10),
+        r"outcomes\.parquet: column 'output_tokens': 1 row\(s\) are not null or non-negative",
+        id="negative-output-tokens",
+    ),
+    pytest.param(
         _set("outcomes", 0, "score", -0.1),
         r"outcomes\.parquet: column 'score': 1 row\(s\) are outside \[0, 1\] \(first: p2\)",
         id="score-below-0",
@@ -397,12 +397,6 @@ def test_invalid_dataset_is_rejected(
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="library bug: input_tokens stored as text passes validation (coerced only for the "
-    "check) and then crashes with TypeError in _derive_cost_latency instead of a DatasetError",
-)
 def test_text_input_tokens_give_dataset_error_not_type_error(tmp_path: Path) -> None:
     outcomes = OUTCOMES.assign(input_tokens=OUTCOMES["input_tokens"].astype(str))
     directory = write_dataset(tmp_path / "d", outcomes=outcomes)

@@ -388,12 +388,6 @@ def test_pair_curve_rejects_no_prompts() -> None:
         pair_curve(np.array([]), np.array([]), np.array([]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: pair_curve does not validate its inputs; unknown (NaN) outcomes give "
-    "an all-NaN curve (NaN gap passes `gap <= 0`) and a preference shorter than the quality "
-    "arrays silently scores a subset of prompts",
-)
 @pytest.mark.parametrize(
     ("preference", "q_strong"),
     [

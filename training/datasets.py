@@ -163,7 +163,7 @@ def load_dataset(path: str | Path) -> RoutingDataset:
     available = ~np.isnan(quality)
     missing = int(shape[0] * shape[1] - len(outcomes))
     if missing:
-        per_model = (~available).sum(axis=0)
+        per_model = shape[0] - np.bincount(col, minlength=shape[1])
         holes = {m: int(c) for m, c in zip(model_order, per_model, strict=True) if c}
         notes.append(f"{missing} absent (prompt, model) outcome(s) are unknown; per model: {holes}")
     responses = None
@@ -244,6 +244,10 @@ def _validate_outcomes(
     )
     tokens = pd.to_numeric(outcomes["input_tokens"], errors="coerce")
     _fail_rows(path, "input_tokens", "are not non-negative numbers", ~(tokens >= 0), outcomes)
+    for column in ("output_tokens", "cost_usd", "latency_ms"):  # nullable: derived when null
+        values = pd.to_numeric(outcomes[column], errors="coerce")
+        bad = outcomes[column].notna() & ~(values >= 0)
+        _fail_rows(path, column, "are not null or non-negative numbers", bad, outcomes)
 
 
 def _derive_cost_latency(
@@ -253,7 +257,8 @@ def _derive_cost_latency(
     prices = catalogue.set_index("model")
     per = prices.loc[out["model"]].reset_index(drop=True)
     out = out.reset_index(drop=True)
-    out["score"] = pd.to_numeric(out["score"], errors="coerce")
+    for column in ("score", "input_tokens"):
+        out[column] = pd.to_numeric(out[column], errors="coerce")
     output_tokens = pd.to_numeric(out["output_tokens"], errors="coerce")
     if output_tokens.isna().any():
         from_text = (

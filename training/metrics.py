@@ -105,7 +105,14 @@ def pair_curve(preference: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray)
     preference, q_strong, q_weak : ndarray, shape (n,)
     """
     n = len(preference)
-    gap = q_strong.mean() - q_weak.mean()
+    if not len(q_strong) == len(q_weak) == n:
+        raise ValueError(
+            f"pair_curve: preference, q_strong and q_weak differ in length "
+            f"({n}, {len(q_strong)}, {len(q_weak)})"
+        )
+    if not (np.all(np.isfinite(q_strong)) and np.all(np.isfinite(q_weak))):
+        raise ValueError("pair_curve: outcomes must be known (finite) on every prompt")
+    gap = q_strong.mean() - q_weak.mean() if n else 0.0
     if n == 0 or gap <= 0:
         raise ValueError("pair_curve needs prompts and a strong model better than the weak one")
     order = np.argsort(-preference, kind="stable")
