@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from router.errors import DatasetError
+from router.policy.actions import CATALOGUE_COLUMNS
 
 PROMPT_COLUMNS = ("prompt_id", "task", "prompt", "split")
 OUTCOME_COLUMNS = (
@@ -32,14 +33,7 @@ OUTCOME_COLUMNS = (
     "output_tokens",
     "latency_ms",
 )
-MODEL_COLUMNS = (
-    "model",
-    "usd_per_mtok_in",
-    "usd_per_mtok_out",
-    "ttft_ms",
-    "tokens_per_s",
-    "context_tokens",
-)
+MODEL_COLUMNS = CATALOGUE_COLUMNS
 SPLITS = ("train", "test")
 BUNDLED = "bundled"
 

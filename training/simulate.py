@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router.policy.actions import ActionCatalogue
-from router.policy.base import Policy, RewardSpec
+from router.policy.base import Action, Policy, RewardSpec
 from training.datasets import RoutingDataset
 
 
@@ -41,6 +41,19 @@ def true_rewards(data: RoutingDataset, spec: RewardSpec) -> np.ndarray:
     return np.where(data.available, reward, -np.inf)
 
 
+def _eligible_actions(
+    data: RoutingDataset,
+    catalogue: ActionCatalogue,
+    expected_cost: np.ndarray,
+    expected_latency: np.ndarray,
+    i: int,
+) -> tuple[np.ndarray, list[Action]]:
+    """Columns of the models known on prompt ``i`` and their actions (same order)."""
+    eligible = np.flatnonzero(data.available[i])
+    names = [catalogue.names[j] for j in eligible]
+    return eligible, catalogue.actions_with_costs(expected_cost[i], expected_latency[i], names)
+
+
 def replay(
     policy: Policy,
     data: RoutingDataset,
@@ -54,14 +67,10 @@ def replay(
     """One pass of partial-feedback learning over ``data`` (the train split)."""
     rng = np.random.default_rng(seed)
     rewards = true_rewards(data, policy.reward)
-    names = np.array(catalogue.names)
     order = rng.permutation(data.n_prompts)
     got, best, prob = (np.empty(len(order)) for _ in range(3))
     for t, i in enumerate(order):
-        eligible = np.flatnonzero(data.available[i])
-        actions = catalogue.actions_with_costs(
-            expected_cost[i], expected_latency[i], names[eligible].tolist()
-        )
+        eligible, actions = _eligible_actions(data, catalogue, expected_cost, expected_latency, i)
         pmf = policy.predict_one(contexts[i], actions)
         k = int(rng.choice(len(actions), p=pmf))
         reward = float(rewards[i, eligible[k]])
@@ -81,13 +90,9 @@ def expected_point(
     expected_latency: np.ndarray,
 ) -> tuple[float, float]:
     """(mean cost, mean quality) of serving ``data`` with the policy's pmf (no learning)."""
-    names = np.array(catalogue.names)
     cost = quality = 0.0
     for i in range(data.n_prompts):
-        eligible = np.flatnonzero(data.available[i])
-        actions = catalogue.actions_with_costs(
-            expected_cost[i], expected_latency[i], names[eligible].tolist()
-        )
+        eligible, actions = _eligible_actions(data, catalogue, expected_cost, expected_latency, i)
         pmf = policy.predict_one(contexts[i], actions)
         cost += float(pmf @ data.cost[i, eligible])
         quality += float(pmf @ data.quality[i, eligible])
