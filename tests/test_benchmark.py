@@ -109,3 +109,12 @@ def test_unknown_pair_model_is_named(slice_dir: Path, capsys: pytest.CaptureFixt
                  "--no-mlflow", "--quiet"])  # fmt: skip
     assert code == 2
     assert "gpt-9" in capsys.readouterr().err
+
+
+def test_bench_features_reports_percentiles(
+    slice_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench-features", "--dataset", str(slice_dir), "--repeats", "1"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["n_calls"] == 120
+    assert 0 < row["p50_us"] <= row["p95_us"] <= row["p99_us"] <= row["max_us"]

@@ -15,6 +15,7 @@ regression example for the multi-task regression ``--cb_type mtr``).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,15 @@ def _context_line(context: np.ndarray) -> str:
     return "shared |c " + " ".join(f"{i}:{v:.6g}" for i, v in enumerate(context.tolist()) if v)
 
 
+@lru_cache(maxsize=4096)
+def _static_action_line(model: str, features: tuple[float, ...]) -> str:
+    numeric = " ".join(f"{n}:{v:.6g}" for n, v in zip(ACTION_FEATURES, features, strict=False))
+    return f"|a m={_UNSAFE.sub('_', model)} {numeric}"
+
+
 def _action_line(action: Action) -> str:
-    numeric = " ".join(
-        f"{n}:{v:.6g}" for n, v in zip(ACTION_FEATURES, action.features.tolist(), strict=False)
-    )
-    return f"|a m={_UNSAFE.sub('_', action.model)} {numeric}"
+    # an action's line depends only on the model and its static features: formatted once
+    return _static_action_line(action.model, tuple(action.features.tolist()))
 
 
 class VWSquareCBPolicy(Policy):
