@@ -37,6 +37,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         weak=args.weak,
         bandits=tuple(b for b in args.bandits.split(",") if b),
         bandit_lambdas=args.bandit_lambdas,
+        test_prompts=args.test_prompts,
         seed=args.seed,
     )
     with Progress(
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated bandit policies to replay ('' for none)",
     )
     bench.add_argument("--bandit-lambdas", type=int, default=7, help="trade-offs per bandit")
+    bench.add_argument(
+        "--test-prompts",
+        choices=("complete", "all"),
+        default="complete",
+        help="evaluate on test prompts with every outcome known (default, as the published "
+        "references) or on all, a model being ineligible where its outcome is unknown",
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: embedded SQLite)")
     bench.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")

@@ -55,6 +55,9 @@ class BenchmarkConfig:
     bandits : bandit policies to replay (registry names).
     estimator, C : the direct router's quality estimator.
     knn_k : neighbours of the kNN baseline.
+    test_prompts : "complete" evaluates on the test prompts where every model's outcome is known
+        (the convention of the published reference figures); "all" keeps every test prompt and
+        makes a model ineligible where its outcome is unknown.
     n_jobs : processes for the bandit replays (one per trade-off).
     """
 
@@ -66,6 +69,7 @@ class BenchmarkConfig:
     estimator: str = "logistic"
     C: float = 0.1
     knn_k: int = 10
+    test_prompts: str = "complete"
     seed: int = 0
     n_jobs: int = 2
     featurizer: FeaturizerConfig = field(default_factory=FeaturizerConfig)
@@ -77,6 +81,10 @@ class BenchmarkConfig:
             raise ValueError(f"bandit_lambdas must be >= 1, got {self.bandit_lambdas}")
         for name in self.bandits:
             get_policy_class(name)
+        if self.test_prompts not in ("complete", "all"):
+            raise ConfigError(
+                f"test_prompts must be 'complete' or 'all', got {self.test_prompts!r}"
+            )
 
 
 @dataclass
@@ -117,6 +125,15 @@ def run_benchmark(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     train, test = data.split("train"), data.split("test")
+    notes = list(data.notes)
+    if config.test_prompts == "complete":
+        complete = test.available.all(axis=1)
+        if not complete.all():
+            notes.append(
+                f"evaluated on the {int(complete.sum())} of {test.n_prompts} test prompts where "
+                "every model's outcome is known (test_prompts='complete')"
+            )
+        test = test.subset(complete)
     if train.n_prompts < 10 or test.n_prompts < 10:
         raise ValueError(
             f"{data.name}: need >= 10 train and test prompts, "
@@ -263,7 +280,7 @@ def run_benchmark(
         },
         "featurizer_version": featurizer.version_,
         "config": {k: v for k, v in asdict(config).items()},
-        "dataset_notes": data.notes,
+        "dataset_notes": notes,
         "timings_s": timings,
     }
     return BenchmarkResult(summary=summary, traces=traces, single_points=ref.single)

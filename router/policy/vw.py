@@ -15,8 +15,8 @@ regression example for the multi-task regression ``--cb_type mtr``).
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
