@@ -127,7 +127,7 @@ def run_benchmark(
     train, test = data.split("train"), data.split("test")
     notes = list(data.notes)
     if config.test_prompts == "complete":
-        complete = test.available.all(axis=1)
+        complete = np.asarray(test.available.all(axis=1))
         if not complete.all():
             notes.append(
                 f"evaluated on the {int(complete.sum())} of {test.n_prompts} test prompts where "
