@@ -67,7 +67,10 @@ def _benchmark(args: argparse.Namespace) -> int:
         artifacts.append(plot_curves(summary, result.single_points, plots / "curves.png"))
         if result.traces:
             artifacts.append(plot_replay(summary, result.traces, plots / "replay.png"))
-    Console().print(benchmark_table(summary))
+    out_console = Console()
+    if not out_console.is_terminal:
+        out_console = Console(width=140)  # a log file or pipe: do not squeeze the table to 80
+    out_console.print(benchmark_table(summary))
     if not args.no_mlflow:
         from training.tracking import log_benchmark
 

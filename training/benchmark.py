@@ -66,7 +66,7 @@ class BenchmarkConfig:
     n_lambdas: int = 60
     bandit_lambdas: int = 7
     bandits: tuple[str, ...] = BANDITS
-    estimator: str = "logistic"
+    estimator: str = "logistic_cv"
     C: float = 0.1
     knn_k: int = 10
     test_prompts: str = "complete"

@@ -17,14 +17,16 @@ from typing import Any
 import joblib
 import lightgbm as lgb
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from router.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 
-ESTIMATORS = ("logistic", "lgbm")
+ESTIMATORS = ("logistic_cv", "logistic", "lgbm")
+CV_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def _soft_labels(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,13 +43,16 @@ class QualityPredictor:
 
     Parameters
     ----------
-    estimator : {"logistic", "lgbm"}
+    estimator : {"logistic_cv", "logistic", "lgbm"}
+        ``logistic_cv`` (default) chooses each model's regularisation by 3-fold cross-validated
+        log-loss on the training data (``LogisticRegressionCV`` over :data:`CV_GRID`), so
+        nothing is tuned by hand to a dataset.
     C : float
-        Inverse regularisation of the logistic regression.
+        Inverse regularisation of ``logistic``.
     seed : int
     """
 
-    def __init__(self, estimator: str = "logistic", C: float = 0.1, seed: int = 0) -> None:
+    def __init__(self, estimator: str = "logistic_cv", C: float = 0.1, seed: int = 0) -> None:
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if C <= 0:
@@ -57,6 +62,17 @@ class QualityPredictor:
         self.seed = seed
 
     def _make(self) -> Any:
+        if self.estimator == "logistic_cv":
+            cv = KFold(n_splits=3, shuffle=True, random_state=self.seed)
+            search = LogisticRegressionCV(
+                Cs=list(CV_GRID),
+                cv=cv,
+                scoring="neg_log_loss",
+                max_iter=2000,
+                l1_ratios=(0.0,),
+                use_legacy_attributes=False,
+            )
+            return make_pipeline(StandardScaler(), search)
         if self.estimator == "logistic":
             return make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
         return lgb.LGBMClassifier(
@@ -88,7 +104,9 @@ class QualityPredictor:
                 continue
             x, y, w = _soft_labels(contexts[known], q)
             est = self._make()
-            if self.estimator == "logistic":
+            if self.estimator == "logistic_cv":
+                est.fit(x, y, logisticregressioncv__sample_weight=w)
+            elif self.estimator == "logistic":
                 est.fit(x, y, logisticregression__sample_weight=w)
             else:
                 est.fit(x, y, sample_weight=w)
@@ -117,7 +135,7 @@ class DirectPolicy(Policy):
         self,
         reward: RewardSpec | None = None,
         seed: int = 0,
-        estimator: str = "logistic",
+        estimator: str = "logistic_cv",
         C: float = 0.1,
         epsilon: float = 0.02,
     ) -> None:

@@ -55,6 +55,8 @@ class VWSquareCBPolicy(Policy):
     gamma_scale : float
         SquareCB's gamma = gamma_scale * t ** gamma_exponent (greedier as t grows).
     learning_rate : float
+        Defaults (gamma_scale 200, learning rate 2) were chosen on a held-out quarter of the
+        bundled sample's train split (mean reward of the replayed policy), not on any test split.
     extra_args : str
         More VW arguments (e.g. ``--l2 1e-6``).
     """
@@ -67,9 +69,9 @@ class VWSquareCBPolicy(Policy):
         reward: RewardSpec | None = None,
         seed: int = 0,
         epsilon: float = 0.02,
-        gamma_scale: float = 50.0,
+        gamma_scale: float = 200.0,
         gamma_exponent: float = 0.5,
-        learning_rate: float = 0.5,
+        learning_rate: float = 2.0,
         extra_args: str = "",
     ) -> None:
         super().__init__(reward, seed)
