@@ -166,3 +166,25 @@ def test_direct_router_beats_random_on_held_out_prompts(small: RoutingDataset, f
     routed = test.quality[np.arange(len(chosen)), chosen].mean()
     random = np.nanmean(test.quality)
     assert routed > random + 0.1
+
+
+def test_vw_warm_start_from_full_information_routes_better_than_cold(
+    small: RoutingDataset, fitted
+) -> None:
+    featurizer, catalogue, x = fitted
+    train, test = small.split("train"), small.split("test")
+    cls = get_policy_class("vw_squarecb")
+    warm = cls(reward=RewardSpec()).fit(x, catalogue.actions(x[0], 0.0), train.quality)
+    cold = cls(reward=RewardSpec())
+    xt = featurizer.transform(test.prompts["prompt"].tolist())
+
+    def served_quality(policy: Policy) -> float:
+        total = 0.0
+        for i, row in enumerate(xt):
+            eligible = [m for j, m in enumerate(catalogue.names) if test.available[i, j]]
+            pmf = policy.predict_one(row, catalogue.actions(row, 100.0, eligible))
+            cols = [catalogue.index[m] for m in eligible]
+            total += float(pmf @ test.quality[i, cols])
+        return total / len(xt)
+
+    assert served_quality(warm) > served_quality(cold) + 0.05

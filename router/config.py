@@ -1,0 +1,187 @@
+"""The router configuration: one YAML file, validated at startup with errors that name the key.
+
+The YAML is only input: it becomes a :class:`RouterConfig` (pydantic). Secrets never live in the
+file: a provider names the environment variable holding its API key (``api_key_env``), read by
+:meth:`ProviderConfig.api_key` when the service starts, never at import.
+
+See ``experiments/configs/router.example.yaml`` for a documented example.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.errors import ConfigError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    # unknown keys are errors: a typo in an operator's config must not be silently ignored
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InstanceConfig(_Strict):
+    """One serving instance of a model (load is balanced across instances by weight)."""
+
+    base_url: str
+    weight: PositiveFloat = 1.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+
+class ProviderConfig(_Strict):
+    """An OpenAI-compatible endpoint; the API key comes from the environment."""
+
+    base_url: str
+    api_key_env: str | None = None
+    upstream_model: str | None = None  # the provider's name for the model, if it differs
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return InstanceConfig._url(value)
+
+    def api_key(self) -> str | None:
+        """The API key from the environment (None when the provider needs none)."""
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {self.api_key_env} (api_key_env) is not set")
+        return key
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1)
+    provider: ProviderConfig
+    instances: list[InstanceConfig] = Field(default_factory=list)
+    usd_per_mtok_in: NonNegativeFloat
+    usd_per_mtok_out: NonNegativeFloat
+    ttft_ms: NonNegativeFloat = 300.0
+    tokens_per_s: PositiveFloat = 60.0
+    context_tokens: Annotated[int, Field(gt=0)] = 8192
+    tags: frozenset[str] = frozenset()
+    version: str = "1"
+
+    def endpoints(self) -> list[InstanceConfig]:
+        """The instances, or the provider's URL as the single instance."""
+        return self.instances or [InstanceConfig(base_url=self.provider.base_url)]
+
+
+class ProfileConfig(_Strict):
+    """A routing profile: reward weights and the models it may use (all when empty)."""
+
+    w_cost: NonNegativeFloat = 0.0
+    w_latency: NonNegativeFloat = 0.0
+    models: list[str] = Field(default_factory=list)
+
+
+class TenantConfig(_Strict):
+    name: str = Field(min_length=1)
+    api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    budget_usd_per_day: NonNegativeFloat | None = None
+    requests_per_minute: Annotated[int, Field(gt=0)] | None = None
+    priority: Annotated[int, Field(ge=0, le=9)] = 5
+    data_classes: frozenset[str] = frozenset()
+    default_profile: str = "default"
+
+
+class DataClassConfig(_Strict):
+    """Requests of this data class may only go to models carrying every required tag."""
+
+    required_tags: frozenset[str] = frozenset()
+
+
+class TimeoutConfig(_Strict):
+    connect_s: PositiveFloat = 2.0
+    read_s: PositiveFloat = 60.0
+    total_s: PositiveFloat = 120.0
+
+
+class EventsConfig(_Strict):
+    sink: Literal["file", "postgres"] = "file"
+    directory: str = ".polyroute/events"
+    postgres_dsn_env: str | None = None
+    log_prompts: bool = False  # raw prompt text in decision events only when allowed
+
+
+class RouterConfig(_Strict):
+    models: list[ModelConfig] = Field(min_length=1)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=lambda: {"default": ProfileConfig()})
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    data_classes: dict[str, DataClassConfig] = Field(default_factory=dict)
+    fallback: list[str] = Field(default_factory=list)
+    timeouts: TimeoutConfig = TimeoutConfig()
+    events: EventsConfig = EventsConfig()
+    policy_bundle: str | None = None
+
+    @model_validator(mode="after")
+    def _references(self) -> RouterConfig:
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"models: duplicate model name(s) {duplicates}")
+        known = set(names)
+        for profile, cfg in self.profiles.items():
+            unknown = sorted(set(cfg.models) - known)
+            if unknown:
+                raise ValueError(f"profiles.{profile}.models: unknown model(s) {unknown}")
+        unknown = sorted(set(self.fallback) - known)
+        if unknown:
+            raise ValueError(f"fallback: unknown model(s) {unknown}")
+        for i, tenant in enumerate(self.tenants):
+            if tenant.default_profile not in self.profiles:
+                raise ValueError(
+                    f"tenants.{i}.default_profile: unknown profile {tenant.default_profile!r}"
+                )
+            missing = sorted(tenant.data_classes - set(self.data_classes))
+            if missing:
+                raise ValueError(f"tenants.{i}.data_classes: undeclared data class(es) {missing}")
+        if "default" not in self.profiles:
+            raise ValueError("profiles: a 'default' profile is required")
+        return self
+
+    def model(self, name: str) -> ModelConfig:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"unknown model {name!r}")
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    """Read and validate a YAML router config.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and the offending key (``models.0.usd_per_mtok_in: ...``).
+    """
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: expected a mapping at the top level")
+    try:
+        return RouterConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{file}: {problems}") from exc

@@ -1,0 +1,116 @@
+"""The YAML router config: the example validates; every bad key is named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from router.config import RouterConfig, load_config
+from router.errors import ConfigError
+
+EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": "small",
+                "provider": {"base_url": "http://127.0.0.1:8100/v1"},
+                "usd_per_mtok_in": 0.2,
+                "usd_per_mtok_out": 0.2,
+            },
+            {
+                "name": "big",
+                "provider": {"base_url": "http://127.0.0.1:8100/v1", "api_key_env": "BIG_KEY"},
+                "usd_per_mtok_in": 5,
+                "usd_per_mtok_out": 15,
+                "tags": ["hipaa"],
+            },
+        ],
+        "data_classes": {"phi": {"required_tags": ["hipaa"]}},
+    }
+
+
+def write(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_example_config_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert len(config.models) == 29
+    assert {"default", "budget"} <= set(config.profiles)
+    assert config.tenants[0].data_classes == {"phi"}
+
+
+def test_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, minimal()))
+    assert isinstance(config, RouterConfig)
+    assert list(config.profiles) == ["default"]
+    assert config.model("small").endpoints()[0].base_url == "http://127.0.0.1:8100/v1"
+    assert config.events.sink == "file" and config.events.log_prompts is False
+
+
+def test_api_key_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(write(tmp_path, minimal()))
+    monkeypatch.delenv("BIG_KEY", raising=False)
+    with pytest.raises(ConfigError, match="BIG_KEY"):
+        config.model("big").provider.api_key()
+    monkeypatch.setenv("BIG_KEY", "sk-test")
+    assert config.model("big").provider.api_key() == "sk-test"
+    assert config.model("small").provider.api_key() is None
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    data = minimal()
+    node: Any = data
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+    node[keys[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (
+            _set("models.0.usd_per_mtok_in", -1),
+            r"models\.0\.usd_per_mtok_in: .*greater than or equal",
+        ),
+        (_set("models.1.provider.base_url", "ftp://x"), r"models\.1\.provider\.base_url: .*http"),
+        (_set("models.0.colour", "red"), r"models\.0\.colour: Extra inputs"),
+        (_set("models.1.name", "small"), r"duplicate model name\(s\) \['small'\]"),
+        (
+            _set("profiles", {"default": {"models": ["gpt-9"]}}),
+            r"profiles\.default\.models: unknown",
+        ),
+        (_set("profiles", {"cheap": {}}), r"'default' profile is required"),
+        (_set("fallback", ["nope"]), r"fallback: unknown model"),
+        (_set("tenants", [{"name": "t", "api_key_sha256": "abc"}]), r"tenants\.0\.api_key_sha256"),
+        (
+            _set("tenants", [{"name": "t", "api_key_sha256": "a" * 64, "data_classes": ["pci"]}]),
+            r"tenants\.0\.data_classes: undeclared",
+        ),
+        (_set("timeouts.read_s", 0), r"timeouts\.read_s: .*greater than 0"),
+        (_set("events.sink", "kafka"), r"events\.sink: .*'file' or 'postgres'"),
+        ({"models": []}, r"models: .*at least 1"),
+        ("- just\n- a list\n", r"expected a mapping"),
+        ("models: [unclosed\n", r"not valid YAML"),
+    ],
+)
+def test_invalid_config_names_the_key(tmp_path: Path, data: Any, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, data))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path / "absent.yaml")
