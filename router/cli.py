@@ -4,6 +4,7 @@ Subcommands
 -----------
 benchmark       every router and baseline on a routing dataset's test split (JSON, plots, MLflow)
 bench-features  latency of the featurizer's one-request path (p50/p95/p99)
+bench-decision  latency of the whole decision path (features, eligibility, policy, sampling)
 """
 
 from __future__ import annotations
@@ -114,6 +115,38 @@ def _bench_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_decision(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from router.bundle import train_bundle
+    from router.config import load_config
+    from router.eligibility import RequestHints
+    from router.pipeline import DecisionEngine
+    from training.datasets import load_dataset
+
+    data = load_dataset(args.dataset)
+    engine = DecisionEngine(load_config(args.config), train_bundle(data), seed=0)
+    test = data.split("test")
+    texts = test.prompts["prompt"].tolist()
+    hints = RequestHints()
+    for text in texts[:50]:
+        engine.decide(text, 1, len(text) // 4, 512, hints)  # warm-up
+    decide, features = [], []
+    for _ in range(args.repeats):
+        for text in texts:
+            decide.append(engine.decide(text, 1, len(text) // 4, 512, hints).decide_ns)
+            start = time.perf_counter_ns()
+            engine.bundle.featurizer.transform_one(text)
+            features.append(time.perf_counter_ns() - start)
+    row: dict[str, Any] = {"dataset": data.name, "n_calls": len(decide)}
+    for name, values in (("decision", decide), ("features", features)):
+        us = np.array(values) / 1e3
+        for q in (50, 95, 99):
+            row[f"{name}_p{q}_us"] = float(np.percentile(us, q))
+    print(json.dumps(row))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyroute", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--dataset", default="bundled")
     feats.add_argument("--repeats", type=int, default=3)
     feats.set_defaults(func=_bench_features)
+    decision = sub.add_parser(
+        "bench-decision", help="latency of the decision path (features + eligibility + policy)"
+    )
+    decision.add_argument("--dataset", default="bundled")
+    decision.add_argument("--config", default="experiments/configs/router.example.yaml")
+    decision.add_argument("--repeats", type=int, default=3)
+    decision.set_defaults(func=_bench_decision)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""Which models may serve a request: compliance, profile, context window, hints, health.
+
+Each rule removes models and says why; when nothing is left, :class:`NoEligibleModelError`
+names every rule that removed something, so a caller knows what to relax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from router.config import RouterConfig
+from router.errors import NoEligibleModelError, RequestError
+
+
+@dataclass(frozen=True)
+class RequestHints:
+    """Per-request constraints (from ``metadata`` or ``x-polyroute-*`` headers)."""
+
+    profile: str = "default"
+    data_class: str | None = None
+    max_cost_usd: float | None = None
+    max_latency_ms: float | None = None
+    priority: int | None = None
+
+
+@dataclass
+class Eligibility:
+    models: list[str]
+    removed: dict[str, list[str]] = field(default_factory=dict)  # rule -> models it removed
+
+
+def eligible_models(
+    config: RouterConfig,
+    hints: RequestHints,
+    input_tokens: int,
+    max_output_tokens: int,
+    tenant_data_classes: Collection[str] | None = None,
+    unhealthy: Collection[str] = (),
+    expected_cost: Mapping[str, float] | None = None,
+    expected_latency_ms: Mapping[str, float] | None = None,
+) -> Eligibility:
+    """Apply the rules in order; the survivors keep the config's model order."""
+    if hints.profile not in config.profiles:
+        raise RequestError(
+            f"profile: unknown profile {hints.profile!r}; configured: {sorted(config.profiles)}"
+        )
+    candidates = [m.name for m in config.models]
+    removed: dict[str, list[str]] = {}
+
+    def keep(rule: str, allowed: set[str]) -> None:
+        nonlocal candidates
+        dropped = [m for m in candidates if m not in allowed]
+        if dropped:
+            removed[rule] = dropped
+        candidates = [m for m in candidates if m in allowed]
+
+    profile = config.profiles[hints.profile]
+    if profile.models:
+        keep(f"profile {hints.profile!r}", set(profile.models))
+    if hints.data_class is not None:
+        if hints.data_class not in config.data_classes:
+            raise RequestError(
+                f"data_class: unknown data class {hints.data_class!r}; "
+                f"configured: {sorted(config.data_classes)}"
+            )
+        if tenant_data_classes is not None and hints.data_class not in tenant_data_classes:
+            raise RequestError(f"data_class: this tenant may not send {hints.data_class!r} data")
+        required = config.data_classes[hints.data_class].required_tags
+        keep(
+            f"data class {hints.data_class!r} needs tags {sorted(required)}",
+            {m.name for m in config.models if required <= m.tags},
+        )
+    needed = input_tokens + max_output_tokens
+    keep(
+        f"context window < {needed} tokens",
+        {m.name for m in config.models if m.context_tokens >= needed},
+    )
+    if unhealthy:
+        keep("unhealthy (circuit open)", {m for m in candidates if m not in set(unhealthy)})
+    if hints.max_cost_usd is not None and expected_cost is not None:
+        limit = hints.max_cost_usd
+        keep(f"expected cost > {limit} USD", {m for m in candidates if expected_cost[m] <= limit})
+    if hints.max_latency_ms is not None and expected_latency_ms is not None:
+        limit = hints.max_latency_ms
+        keep(
+            f"expected latency > {limit} ms",
+            {m for m in candidates if expected_latency_ms[m] <= limit},
+        )
+    if not candidates:
+        reasons = "; ".join(f"{rule}: removed {models}" for rule, models in removed.items())
+        raise NoEligibleModelError(f"no model may serve this request ({reasons})")
+    return Eligibility(candidates, removed)

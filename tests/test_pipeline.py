@@ -1,0 +1,106 @@
+"""The decision path: a bundle trained on real data, the config's rules, sampled choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.bundle import PolicyBundle, train_bundle
+from router.config import RouterConfig, load_config
+from router.eligibility import RequestHints, eligible_models
+from router.errors import ConfigError, NoEligibleModelError, PolicyError, RequestError
+from router.pipeline import DecisionEngine
+from training.datasets import RoutingDataset
+
+EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
+
+
+@pytest.fixture(scope="module")
+def config() -> RouterConfig:
+    return load_config(EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def bundle(small: RoutingDataset, tmp_path_factory: pytest.TempPathFactory) -> PolicyBundle:
+    trained = train_bundle(small, w_cost=0.2)
+    path = trained.save(tmp_path_factory.mktemp("bundle"))
+    loaded = PolicyBundle.load(path)
+    assert loaded.version == trained.version
+    return loaded
+
+
+def test_bundle_round_trip_gives_the_same_pmf(small: RoutingDataset, bundle, tmp_path) -> None:
+    bundle.save(tmp_path / "again")
+    again = PolicyBundle.load(tmp_path / "again")
+    text = small.prompts["prompt"].iloc[-1]
+    x = bundle.featurizer.transform_one(text)
+    actions = bundle.catalogue.actions(x, 200.0)
+    np.testing.assert_allclose(
+        again.policy.predict_one(x, actions), bundle.policy.predict_one(x, actions), atol=1e-6
+    )
+
+
+def test_bundle_with_mixed_parts_is_refused(bundle, tmp_path) -> None:
+    bundle.save(tmp_path / "b")
+    meta = (tmp_path / "b" / "bundle.json").read_text()
+    (tmp_path / "b" / "bundle.json").write_text(meta.replace('"n_train": 400', '"n_train": 1'))
+    with pytest.raises(PolicyError, match="does not match"):
+        PolicyBundle.load(tmp_path / "b")
+    with pytest.raises(PolicyError, match="not a policy bundle"):
+        PolicyBundle.load(tmp_path)
+
+
+def test_decisions_are_sampled_from_the_pmf(config, bundle, small: RoutingDataset) -> None:
+    engine = DecisionEngine(config, bundle, seed=1)
+    text = small.prompts["prompt"].iloc[0]
+    seen: dict[str, int] = {}
+    for _ in range(300):
+        d = engine.decide(text, 1, 300, 512, RequestHints())
+        assert d.pmf.sum() == pytest.approx(1.0)
+        assert d.probability == pytest.approx(d.pmf[d.chosen_index]) and d.probability > 0
+        assert d.eligible[d.chosen_index] == d.chosen
+        seen[d.chosen] = seen.get(d.chosen, 0) + 1
+    top = d.eligible[int(np.argmax(d.pmf))]
+    assert max(seen, key=seen.__getitem__) == top
+    assert len(seen) > 1  # exploration: other models are tried too
+
+
+def test_rules_restrict_the_choice(config, bundle, small: RoutingDataset) -> None:
+    engine = DecisionEngine(config, bundle)
+    text = small.prompts["prompt"].iloc[0]
+    d = engine.decide(text, 1, 300, 512, RequestHints(data_class="phi"), {"phi"})
+    assert set(d.eligible) == {"gemini-1.5-flash-002", "gemini-1.5-pro-002"}
+    d = engine.decide(text, 1, 300, 512, RequestHints(profile="open-weights-only"))
+    assert set(d.eligible) == set(config.profiles["open-weights-only"].models)
+    d = engine.decide(text, 1, 7000, 1000, RequestHints())
+    assert all(config.model(m).context_tokens >= 8000 for m in d.eligible)
+    d = engine.decide(text, 1, 300, 512, RequestHints(), unhealthy={"gemini-1.5-pro-002"})
+    assert "gemini-1.5-pro-002" not in d.eligible
+
+
+def test_no_eligible_model_names_every_rule(config) -> None:
+    with pytest.raises(NoEligibleModelError, match=r"data class 'phi'.*context window"):
+        eligible_models(config, RequestHints(data_class="phi"), 3_000_000, 10)
+    with pytest.raises(RequestError, match="unknown profile 'vip'"):
+        eligible_models(config, RequestHints(profile="vip"), 10, 10)
+    with pytest.raises(RequestError, match="unknown data class 'pci'"):
+        eligible_models(config, RequestHints(data_class="pci"), 10, 10)
+    with pytest.raises(RequestError, match="may not send 'phi'"):
+        eligible_models(config, RequestHints(data_class="phi"), 10, 10, tenant_data_classes=set())
+
+
+def test_max_cost_hint(config, bundle, small: RoutingDataset) -> None:
+    engine = DecisionEngine(config, bundle)
+    text = small.prompts["prompt"].iloc[0]
+    d = engine.decide(text, 1, 300, 512, RequestHints(max_cost_usd=2e-4))
+    assert d.expected_cost_usd <= 2e-4
+    assert "expected cost > 0.0002 USD" in d.removed
+
+
+def test_config_models_unknown_to_the_bundle_are_refused(config, bundle) -> None:
+    data = config.model_dump()
+    data["models"][0]["name"] = "gpt-9"
+    with pytest.raises(ConfigError, match="gpt-9"):
+        DecisionEngine(RouterConfig.model_validate(data), bundle)
