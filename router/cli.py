@@ -147,6 +147,14 @@ def _bench_decision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summarize(args: argparse.Namespace) -> int:
+    from training.report_table import markdown_table
+
+    for path in args.json:
+        print(markdown_table(json.loads(Path(path).read_text())))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyroute", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--dataset", default="bundled")
     feats.add_argument("--repeats", type=int, default=3)
     feats.set_defaults(func=_bench_features)
+    summary = sub.add_parser("summarize", help="benchmark JSON files as Markdown tables")
+    summary.add_argument("json", nargs="+")
+    summary.set_defaults(func=_summarize)
+
     decision = sub.add_parser(
         "bench-decision", help="latency of the decision path (features + eligibility + policy)"
     )
