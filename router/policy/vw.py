@@ -54,6 +54,11 @@ class VWSquareCBPolicy(Policy):
         Uniform exploration floor mixed into SquareCB's pmf.
     gamma_scale : float
         SquareCB's gamma = gamma_scale * t ** gamma_exponent (greedier as t grows).
+    interactions : str
+        VW ``--interactions``; ``ca`` crosses every request feature with the model identity and
+        the model's numeric features. (Crossing with the identity alone would cut predict time
+        with 29 models from ~515 to ~340 us, but lost ~0.02 mean reward on the held-out quarter
+        of the bundled train split, so it is not the default.)
     learning_rate : float
         Defaults (gamma_scale 200, learning rate 2) were chosen on a held-out quarter of the
         bundled sample's train split (mean reward of the replayed policy), not on any test split.
@@ -72,6 +77,7 @@ class VWSquareCBPolicy(Policy):
         gamma_scale: float = 200.0,
         gamma_exponent: float = 0.5,
         learning_rate: float = 2.0,
+        interactions: str = "ca",
         extra_args: str = "",
     ) -> None:
         super().__init__(reward, seed)
@@ -83,6 +89,7 @@ class VWSquareCBPolicy(Policy):
         self.gamma_scale = gamma_scale
         self.gamma_exponent = gamma_exponent
         self.learning_rate = learning_rate
+        self.interactions = interactions
         self.extra_args = extra_args
 
     def params(self) -> dict[str, Any]:
@@ -92,6 +99,7 @@ class VWSquareCBPolicy(Policy):
             "gamma_scale": self.gamma_scale,
             "gamma_exponent": self.gamma_exponent,
             "learning_rate": self.learning_rate,
+            "interactions": self.interactions,
             "extra_args": self.extra_args,
         }
 
@@ -99,7 +107,8 @@ class VWSquareCBPolicy(Policy):
         return (
             f"--cb_explore_adf --squarecb --epsilon {self.epsilon} --gamma_scale "
             f"{self.gamma_scale} --gamma_exponent {self.gamma_exponent} -l {self.learning_rate} "
-            f"--interactions ca --random_seed {self.seed} --quiet {self.extra_args}"
+            f"--interactions {self.interactions} --random_seed {self.seed} --quiet "
+            f"{self.extra_args}"
         ).strip()
 
     @property
