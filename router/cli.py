@@ -5,6 +5,8 @@ Subcommands
 benchmark       every router and baseline on a routing dataset's test split (JSON, plots, MLflow)
 bench-features  latency of the featurizer's one-request path (p50/p95/p99)
 bench-decision  latency of the whole decision path (features, eligibility, policy, sampling)
+bundle          train a policy bundle for serving
+summarize       benchmark JSON files as Markdown tables
 """
 
 from __future__ import annotations
@@ -147,6 +149,22 @@ def _bench_decision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle(args: argparse.Namespace) -> int:
+    from router.bundle import train_bundle
+    from training.datasets import load_dataset
+
+    bundle = train_bundle(
+        load_dataset(args.dataset), w_cost=args.w_cost, w_latency=args.w_latency, seed=args.seed
+    )
+    path = bundle.save(args.out)
+    print(
+        json.dumps(
+            {"bundle": str(path), "version": bundle.version, "models": len(bundle.catalogue.names)}
+        )
+    )
+    return 0
+
+
 def _summarize(args: argparse.Namespace) -> int:
     from training.report_table import markdown_table
 
@@ -188,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     feats.add_argument("--dataset", default="bundled")
     feats.add_argument("--repeats", type=int, default=3)
     feats.set_defaults(func=_bench_features)
+    bundle = sub.add_parser(
+        "bundle", help="train a policy bundle (features + VW policy) on a dataset's train split"
+    )
+    bundle.add_argument("--dataset", default="bundled")
+    bundle.add_argument("--out", required=True, help="directory to write the bundle into")
+    bundle.add_argument("--w-cost", type=float, default=0.2, help="reward weight of cost")
+    bundle.add_argument("--w-latency", type=float, default=0.0, help="reward weight of latency")
+    bundle.add_argument("--seed", type=int, default=0)
+    bundle.set_defaults(func=_bundle)
+
     summary = sub.add_parser("summarize", help="benchmark JSON files as Markdown tables")
     summary.add_argument("json", nargs="+")
     summary.set_defaults(func=_summarize)

@@ -118,3 +118,12 @@ def test_bench_features_reports_percentiles(
     row = json.loads(capsys.readouterr().out)
     assert row["n_calls"] == 120
     assert 0 < row["p50_us"] <= row["p95_us"] <= row["p99_us"] <= row["max_us"]
+
+
+def test_bundle_command_writes_a_loadable_bundle(slice_dir: Path, tmp_path: Path, capsys) -> None:
+    from router.bundle import PolicyBundle
+
+    assert main(["bundle", "--dataset", str(slice_dir), "--out", str(tmp_path / "b")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert PolicyBundle.load(tmp_path / "b").version == row["version"]
+    assert row["models"] == 29
