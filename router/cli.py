@@ -6,6 +6,7 @@ benchmark       every router and baseline on a routing dataset's test split (JSO
 bench-features  latency of the featurizer's one-request path (p50/p95/p99)
 bench-decision  latency of the whole decision path (features, eligibility, policy, sampling)
 bundle          train a policy bundle for serving
+replay          serve a routing dataset's recorded answers as OpenAI-compatible models
 summarize       benchmark JSON files as Markdown tables
 """
 
@@ -165,6 +166,27 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    import logging
+
+    from router.backends.replay import ReplayConfig, serve_replay
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = ReplayConfig(
+            time_scale=args.time_scale,
+            error_rate=args.error_rate,
+            slowdown_ms=args.slowdown_ms,
+            outage_models=frozenset(m for m in args.outage.split(",") if m),
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        print(f"polyroute replay: error: {exc}", file=sys.stderr)
+        return 2
+    serve_replay(args.dataset, args.host, args.port, config)
+    return 0
+
+
 def _summarize(args: argparse.Namespace) -> int:
     from training.report_table import markdown_table
 
@@ -215,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--w-latency", type=float, default=0.0, help="reward weight of latency")
     bundle.add_argument("--seed", type=int, default=0)
     bundle.set_defaults(func=_bundle)
+
+    replay = sub.add_parser(
+        "replay", help="serve a routing dataset's models as an OpenAI-compatible endpoint"
+    )
+    replay.add_argument("--dataset", default="bundled")
+    replay.add_argument("--host", default="127.0.0.1")
+    replay.add_argument("--port", type=int, default=8100)
+    replay.add_argument("--time-scale", type=float, default=1.0, help="x recorded latencies")
+    replay.add_argument("--error-rate", type=float, default=0.0, help="share of HTTP 500s")
+    replay.add_argument("--slowdown-ms", type=float, default=0.0, help="extra delay per call")
+    replay.add_argument("--outage", default="", help="comma-separated models answering 503")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.set_defaults(func=_replay)
 
     summary = sub.add_parser("summarize", help="benchmark JSON files as Markdown tables")
     summary.add_argument("json", nargs="+")

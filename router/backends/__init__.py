@@ -1,0 +1,1 @@
+"""Upstream backends: the replay backend that plays a routing dataset's models."""
