@@ -23,7 +23,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from router.bundle import PolicyBundle
 from router.config import RouterConfig, TenantConfig
 from router.eligibility import RequestHints
-from router.errors import PolyrouteError, RequestError
+from router.errors import NoEligibleModelError, PolyrouteError, RequestError
+from router.events.models import (
+    DecisionEvent,
+    Event,
+    FeedbackEvent,
+    OutcomeEvent,
+    RewardSpecRecord,
+)
 from router.metrics import GatewayMetrics
 from router.pipeline import Decision, DecisionEngine
 from router.upstream import InstancePicker, UpstreamClient, UpstreamError
@@ -33,7 +40,9 @@ RECENT_DECISIONS = 100_000  # decisions kept in memory to validate feedback ids
 
 
 class EventSink(Protocol):
-    def emit(self, kind: str, payload: dict[str, Any]) -> None: ...
+    """``router.events`` sinks (file, PostgreSQL) satisfy it."""
+
+    def emit(self, event: Event) -> None: ...
 
 
 class AuthError(RequestError):
@@ -124,25 +133,29 @@ class Gateway:
         tenant: TenantConfig | None,
         hints: RequestHints,
         override: str | None,
-    ) -> dict[str, Any]:
+        text: str,
+    ) -> DecisionEvent:
         bundle = self.engine.bundle
-        return {
-            "event_id": decision.decision_id,
-            "timestamp": time.time(),
-            "tenant": tenant.name if tenant else None,
-            "profile": hints.profile,
-            "policy_version": bundle.version,
-            "feature_version": bundle.featurizer.version_,
-            "reward_spec": bundle.reward.__dict__,
-            "eligible": decision.eligible,
-            "action_features": decision.action_features.tolist(),
-            "pmf": decision.pmf.tolist(),
-            "chosen": decision.chosen,
-            "chosen_index": decision.chosen_index,
-            "probability": 1.0 if override else decision.probability,
-            "override_reason": override,
-            "context": decision.context.tolist(),
-        }
+        pmf = decision.pmf.tolist()
+        if override:  # the policy did not choose: log the one-hot pmf actually used
+            pmf = [1.0 if i == decision.chosen_index else 0.0 for i in range(len(pmf))]
+        return DecisionEvent(
+            event_id=decision.decision_id,
+            tenant=tenant.name if tenant else "anonymous",
+            profile=hints.profile,
+            policy_version=bundle.version,
+            feature_version=bundle.featurizer.version_,
+            reward_spec=RewardSpecRecord(**bundle.reward.__dict__),
+            eligible_models=decision.eligible,
+            action_features=decision.action_features.tolist(),
+            probabilities=pmf,
+            chosen_model=decision.chosen,
+            chosen_index=decision.chosen_index,
+            chosen_probability=pmf[decision.chosen_index],
+            override_reason=override,
+            context_features=decision.context.tolist(),
+            prompt=text if self.config.events.log_prompts else None,
+        )
 
     def remember(self, decision_id: str) -> None:
         self.recent[decision_id] = 0
@@ -212,10 +225,7 @@ def create_app(
             raise NotFoundError(f"decision_id: unknown decision {decision_id!r}")
         # rule: every feedback is logged; the latest one wins at the join
         gateway.recent[decision_id] += 1
-        sink.emit(
-            "feedback",
-            {"event_id": decision_id, "timestamp": time.time(), "quality": float(quality)},
-        )
+        sink.emit(FeedbackEvent(event_id=decision_id, quality=float(quality)))
         return {
             "decision_id": decision_id,
             "accepted": True,
@@ -253,7 +263,7 @@ def create_app(
         if override:
             decision = _force(decision, requested)
         gateway.remember(decision.decision_id)
-        sink.emit("decision", gateway.decision_event(decision, tenant, hints, override))
+        sink.emit(gateway.decision_event(decision, tenant, hints, override, text))
         gateway.metrics.decisions.labels(decision.chosen).inc()
         return await _dispatch(gateway, body, decision, start, bool(body.get("stream")))
 
@@ -277,10 +287,17 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def _force(decision: Decision, model: str) -> Decision:
+    """The caller named the model: serve it if the rules allow it, else say which rule refused."""
     from dataclasses import replace
 
-    index = decision.eligible.index(model) if model in decision.eligible else 0
-    return replace(decision, chosen=model, chosen_index=index, probability=1.0)
+    if model not in decision.eligible:
+        rules = [rule for rule, models in decision.removed.items() if model in models]
+        raise NoEligibleModelError(
+            f"model: {model!r} may not serve this request ({'; '.join(rules)})"
+        )
+    return replace(
+        decision, chosen=model, chosen_index=decision.eligible.index(model), probability=1.0
+    )
 
 
 async def _dispatch(
@@ -383,16 +400,13 @@ def _outcome(
     gateway.metrics.cost.labels(model).inc(cost)
     gateway.metrics.requests.labels("chat", "error" if error else "ok").inc()
     gateway.sink.emit(
-        "outcome",
-        {
-            "event_id": decision.decision_id,
-            "timestamp": time.time(),
-            "model": model,
-            "cost_usd": cost,
-            "latency_ms": seconds * 1000,
-            "input_tokens": (usage or {}).get("prompt_tokens"),
-            "output_tokens": (usage or {}).get("completion_tokens"),
-            "error_class": error,
-            "fallback_used": fallback,
-        },
+        OutcomeEvent(
+            event_id=decision.decision_id,
+            cost_usd=cost,
+            latency_ms=seconds * 1000,
+            input_tokens=int((usage or {}).get("prompt_tokens") or 0),
+            output_tokens=int((usage or {}).get("completion_tokens") or 0),
+            error_class=error,
+            fallback_used=fallback,
+        )
     )

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from router.app import create_app
 from router.bundle import PolicyBundle, train_bundle
 from router.config import RouterConfig, load_config
+from router.events.models import Event
 from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
@@ -30,13 +31,13 @@ class ListSink:
     """Collects events in memory (the file and PostgreSQL sinks are tested on their own)."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[Event] = []
 
-    def emit(self, kind: str, payload: dict[str, Any]) -> None:
-        self.events.append((kind, payload))
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [p for k, p in self.events if k == kind]
+        return [e.to_dict() for e in self.events if e.kind == kind]
 
 
 class FakeUpstream:
@@ -132,9 +133,10 @@ def test_routed_answer_with_headers_and_events(client, sink) -> None:
     assert (
         decision["event_id"] == outcome["event_id"] == response.headers["x-polyroute-decision-id"]
     )
-    assert decision["chosen"] == chosen and 0 < decision["probability"] <= 1
-    assert sum(decision["pmf"]) == pytest.approx(1.0)
-    assert decision["eligible"][decision["chosen_index"]] == chosen
+    assert decision["chosen_model"] == chosen and 0 < decision["chosen_probability"] <= 1
+    assert sum(decision["probabilities"]) == pytest.approx(1.0)
+    assert decision["eligible_models"][decision["chosen_index"]] == chosen
+    assert decision["learnable"] is True and decision["prompt"] is None
     assert outcome["input_tokens"] == 100 and outcome["error_class"] is None
 
 
@@ -144,7 +146,14 @@ def test_concrete_model_passes_through(client, sink, upstream) -> None:
     assert upstream.calls == ["gemini-1.5-flash-002"]
     (decision,) = sink.of("decision")
     assert decision["override_reason"].startswith("pass-through")
-    assert decision["probability"] == 1.0
+    assert decision["chosen_probability"] == 1.0 and decision["learnable"] is False
+
+
+def test_pass_through_still_obeys_compliance(client, sink) -> None:
+    response = ask(client, model="Meta-Llama-3_1-8B", metadata={"data_class": "phi"})
+    assert response.status_code == 422
+    assert "data class 'phi'" in response.json()["error"]["message"]
+    assert sink.of("decision") == []
 
 
 def test_fallback_when_the_chosen_model_is_down(client, sink, upstream, config) -> None:
