@@ -7,12 +7,15 @@ bench-features  latency of the featurizer's one-request path (p50/p95/p99)
 bench-decision  latency of the whole decision path (features, eligibility, policy, sampling)
 bundle          train a policy bundle for serving
 replay          serve a routing dataset's recorded answers as OpenAI-compatible models
+serve           the OpenAI-compatible routing gateway
+events export   joined decision logs as VW DSJSON
 summarize       benchmark JSON files as Markdown tables
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from router.errors import PolyrouteError
+from router.errors import ConfigError, PolyrouteError
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -187,6 +190,45 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from router.app import create_app
+    from router.bundle import PolicyBundle
+    from router.config import load_config
+    from router.events import FileEventSink
+    from router.events.postgres_sink import PostgresEventSink
+    from router.events.writer import BackgroundEventWriter
+
+    config = load_config(args.config)
+    bundle = PolicyBundle.load(args.bundle)
+    sink: BackgroundEventWriter
+    if config.events.sink == "postgres":
+        env = config.events.postgres_dsn_env
+        dsn = os.environ.get(env or "")
+        if not dsn:
+            raise ConfigError(f"events.postgres_dsn_env: environment variable {env!r} is not set")
+        sink = PostgresEventSink(dsn)
+    else:
+        sink = FileEventSink(config.events.directory)
+    app = create_app(config, bundle, sink, seed=args.seed)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        sink.close()  # drain: nothing accepted is lost on shutdown
+    return 0
+
+
+def _events_export(args: argparse.Namespace) -> int:
+    from router.events import export_dsjson, read_events
+
+    stats = export_dsjson(read_events(args.events), args.out)
+    print(json.dumps({"out": args.out, **dataclasses.asdict(stats)}))
+    return 0
+
+
 def _summarize(args: argparse.Namespace) -> int:
     from training.report_table import markdown_table
 
@@ -250,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--outage", default="", help="comma-separated models answering 503")
     replay.add_argument("--seed", type=int, default=0)
     replay.set_defaults(func=_replay)
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible routing gateway")
+    serve.add_argument("--config", required=True, help="router YAML config")
+    serve.add_argument("--bundle", required=True, help="policy bundle directory")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.set_defaults(func=_serve)
+
+    events = sub.add_parser("events", help="event log tools")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    export = events_sub.add_parser("export", help="export joined decisions for VW")
+    export.add_argument("--events", required=True, help="event log directory")
+    export.add_argument("--format", choices=("dsjson",), default="dsjson")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=_events_export)
 
     summary = sub.add_parser("summarize", help="benchmark JSON files as Markdown tables")
     summary.add_argument("json", nargs="+")
