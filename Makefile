@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/polyroute benchmark --json runs/bundled.json --plots runs/plots
+	$(BIN)/polyroute run
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q

@@ -8,6 +8,7 @@ bench-decision  latency of the whole decision path (features, eligibility, polic
 bundle          train a policy bundle for serving
 replay          serve a routing dataset's recorded answers as OpenAI-compatible models
 serve           the OpenAI-compatible routing gateway
+run             the main job: replay backends for the bundled sample + the gateway
 events export   joined decision logs as VW DSJSON
 summarize       benchmark JSON files as Markdown tables
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from router.errors import ConfigError, PolyrouteError
+
+_EXAMPLE_CONFIG = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -221,6 +224,72 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The main job on embedded defaults: replay backends for the bundled sample, a policy bundle
+    trained on its train split (cached), and the gateway with file events."""
+    import threading
+
+    import uvicorn
+
+    from router.app import create_app
+    from router.backends.replay import ReplayConfig, create_replay_app
+    from router.bundle import PolicyBundle, train_bundle
+    from router.config import RouterConfig, load_config
+    from router.events import FileEventSink
+    from training.datasets import load_dataset
+    from training.tracking import default_home
+
+    home = default_home()
+    data = load_dataset("bundled")
+    bundle_dir = home / "bundle"
+    if (bundle_dir / "bundle.json").is_file():
+        bundle = PolicyBundle.load(bundle_dir)
+    else:
+        print("training a policy bundle on the bundled sample's train split ...", flush=True)
+        bundle = train_bundle(data)
+        bundle.save(bundle_dir)
+    raw = load_config(args.config).model_dump()
+    replay_url = f"http://127.0.0.1:{args.replay_port}/v1"
+    for model in raw["models"]:
+        model["provider"]["base_url"] = replay_url
+    raw["tenants"] = []  # local demo: open access
+    raw["events"]["directory"] = str(home / "events")
+    config = RouterConfig.model_validate(raw)
+    replay_app = create_replay_app(data, ReplayConfig(time_scale=args.time_scale))
+    replay = uvicorn.Server(
+        uvicorn.Config(replay_app, host="127.0.0.1", port=args.replay_port, log_level="warning")
+    )
+    threading.Thread(target=replay.run, daemon=True).start()
+    sink = FileEventSink(config.events.directory)
+    # a real prompt of the sample, so the replay answers with its recorded outcome and score
+    test_prompts = data.split("test").prompts["prompt"]
+    shortest = min((t for t in test_prompts if "'" not in t), key=len)
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": shortest}]})
+    print(
+        f"""
+polyroute is up: gateway http://127.0.0.1:{args.port}/v1, replay backends {replay_url}
+(the bundled MMLU-Pro sample's 29 models; recorded latencies x {args.time_scale}).
+Events: {config.events.directory}   Metrics: http://127.0.0.1:{args.port}/metrics
+
+  curl -s http://127.0.0.1:{args.port}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{body}' -i
+
+  python -c "import openai; c = openai.OpenAI(base_url='http://127.0.0.1:{args.port}/v1', \\
+api_key='unused'); print(c.chat.completions.create(model='auto', \\
+messages=[{{'role': 'user', 'content': 'Hello'}}]).choices[0].message.content)"
+
+Ctrl-C stops it.""",
+        flush=True,
+    )
+    app = create_app(config, bundle, sink)
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+    finally:
+        sink.close()
+        replay.should_exit = True
+    return 0
+
+
 def _events_export(args: argparse.Namespace) -> int:
     from router.events import export_dsjson, read_events
 
@@ -300,6 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(func=_serve)
+
+    run = sub.add_parser("run", help="the main job: replay backends + gateway on embedded defaults")
+    run.add_argument("--config", default=str(_EXAMPLE_CONFIG))
+    run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--replay-port", type=int, default=8100)
+    run.add_argument("--time-scale", type=float, default=0.1)
+    run.set_defaults(func=_run)
 
     events = sub.add_parser("events", help="event log tools")
     events_sub = events.add_subparsers(dest="events_command", required=True)
