@@ -9,6 +9,7 @@ bundle          train a policy bundle for serving
 replay          serve a routing dataset's recorded answers as OpenAI-compatible models
 serve           the OpenAI-compatible routing gateway
 run             the main job: replay backends for the bundled sample + the gateway
+bench-overhead  the gateway's overhead over direct upstream calls at fixed request rates
 events export   joined decision logs as VW DSJSON
 summarize       benchmark JSON files as Markdown tables
 """
@@ -290,6 +291,15 @@ Ctrl-C stops it.""",
     return 0
 
 
+def _bench_overhead(args: argparse.Namespace) -> int:
+    from training.overhead import main_rows, run_overhead
+
+    rates = [float(r) for r in args.rates.split(",")]
+    rows = run_overhead(args.config, args.bundle, rates, args.seconds, Path(args.workdir))
+    print(main_rows(rows))
+    return 0
+
+
 def _events_export(args: argparse.Namespace) -> int:
     from router.events import export_dsjson, read_events
 
@@ -376,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replay-port", type=int, default=8100)
     run.add_argument("--time-scale", type=float, default=0.1)
     run.set_defaults(func=_run)
+
+    overhead = sub.add_parser(
+        "bench-overhead", help="router overhead vs direct calls, side by side at fixed rates"
+    )
+    overhead.add_argument("--config", default=str(_EXAMPLE_CONFIG))
+    overhead.add_argument("--bundle", default=".polyroute/bundle")
+    overhead.add_argument("--rates", default="50,100,200", help="requests/s per path")
+    overhead.add_argument("--seconds", type=float, default=10.0)
+    overhead.add_argument("--workdir", default=".polyroute/overhead")
+    overhead.set_defaults(func=_bench_overhead)
 
     events = sub.add_parser("events", help="event log tools")
     events_sub = events.add_subparsers(dest="events_command", required=True)
