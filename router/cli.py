@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-decision", help="latency of the decision path (features + eligibility + policy)"
     )
     decision.add_argument("--dataset", default="bundled")
-    decision.add_argument("--config", default="experiments/configs/router.example.yaml")
+    decision.add_argument("--config", default=str(_EXAMPLE_CONFIG))
     decision.add_argument("--repeats", type=int, default=3)
     decision.set_defaults(func=_bench_decision)
     return parser

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +13,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
+from loopback import serving
 
 from router.app import create_app
 from router.bundle import PolicyBundle, train_bundle
@@ -242,26 +240,10 @@ def test_tenant_auth(bundle, sink, upstream) -> None:
         assert good.status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
 def server(config, bundle, sink, upstream) -> Iterator[str]:
-    app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))) as url:
+        yield url
 
 
 def test_openai_sdk_sync_async_and_streaming(server, sink) -> None:

@@ -4,8 +4,6 @@ official OpenAI SDK against a real uvicorn server on loopback."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +13,9 @@ import numpy as np
 import openai
 import pandas as pd
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from loopback import serving
 
 from router.backends.replay import ReplayConfig, create_replay_app
 from router.backends.replay_openai import split_answer
@@ -360,30 +358,12 @@ def test_split_answer_is_lossless_and_bounded(text: str) -> None:
     assert len(pieces) <= 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live_server(tiny: RoutingDataset) -> Iterator[str]:
     """The replay app on a real uvicorn server on loopback; yields its /v1 base URL."""
     app: FastAPI = create_replay_app(tiny, ReplayConfig(time_scale=0.0))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("replay server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 def test_openai_sdk_sync_and_streaming(live_server: str) -> None:
