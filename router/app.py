@@ -24,6 +24,7 @@ from router.bundle import PolicyBundle
 from router.config import RouterConfig, TenantConfig
 from router.eligibility import RequestHints
 from router.errors import NoEligibleModelError, PolyrouteError, RequestError
+from router.events.errors import EventLogError
 from router.events.models import (
     DecisionEvent,
     Event,
@@ -69,7 +70,7 @@ def _text_of(messages: list[Any]) -> tuple[str, int]:
             raise RequestError(f"messages.{i}: expected an object with 'role' and 'content'")
         content = message.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
         if content is not None and not isinstance(content, str):
             raise RequestError(f"messages.{i}.content: expected a string or content parts")
         parts.append(content or "")
@@ -113,6 +114,11 @@ class Gateway:
             return request.headers.get(f"x-polyroute-{name.replace('_', '-')}", meta.get(name))
 
         model = body.get("model", "auto")
+        if not isinstance(model, str):
+            raise RequestError("model: expected a string")
+        for name in ("profile", "data_class"):
+            if pick(name) is not None and not isinstance(pick(name), str):
+                raise RequestError(f"{name}: expected a string")
         profile = pick("profile") or (model if model in self.config.profiles else None)
         profile = profile or (tenant.default_profile if tenant else "default")
         try:
@@ -124,7 +130,7 @@ class Gateway:
                 max_cost_usd=float(max_cost) if max_cost is not None else None,
                 max_latency_ms=float(max_latency) if max_latency is not None else None,
             )
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise RequestError(f"max_cost / max_latency: expected numbers ({exc})") from exc
 
     def decision_event(
@@ -224,8 +230,8 @@ def create_app(
         if decision_id not in gateway.recent:
             raise NotFoundError(f"decision_id: unknown decision {decision_id!r}")
         # rule: every feedback is logged; the latest one wins at the join
-        gateway.recent[decision_id] += 1
         sink.emit(FeedbackEvent(event_id=decision_id, quality=float(quality)))
+        gateway.recent[decision_id] += 1
         return {
             "decision_id": decision_id,
             "accepted": True,
@@ -251,7 +257,9 @@ def create_app(
                     "listed by /v1/models"
                 )
             override = "pass-through: the caller named the model"
-        max_out = int(body.get("max_tokens") or body.get("max_completion_tokens") or 512)
+        max_out = body.get("max_tokens") or body.get("max_completion_tokens") or 512
+        if not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < 1:
+            raise RequestError(f"max_tokens: expected a positive integer, got {max_out!r}")
         decision = gateway.engine.decide(
             text,
             n_turns,
@@ -262,8 +270,9 @@ def create_app(
         )
         if override:
             decision = _force(decision, requested)
-        gateway.remember(decision.decision_id)
+        # logged first: a decision the log refused (503) is not served and takes no feedback
         sink.emit(gateway.decision_event(decision, tenant, hints, override, text))
+        gateway.remember(decision.decision_id)
         gateway.metrics.decisions.labels(decision.chosen).inc()
         return await _dispatch(gateway, body, decision, start, bool(body.get("stream")))
 
@@ -274,9 +283,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
     length = request.headers.get("content-length")
     if length and int(length) > MAX_BODY_BYTES:
         raise BodyTooLargeError(f"body: {length} bytes is over the {MAX_BODY_BYTES}-byte limit")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BodyTooLargeError(f"body: over the {MAX_BODY_BYTES}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # counted as it arrives: chunked uploads too
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLargeError(f"body: over the {MAX_BODY_BYTES}-byte limit")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -335,14 +348,15 @@ async def _dispatch(
 
             return StreamingResponse(
                 _relay(gateway, decision, name, upstream, chunks, call_start, attempt > 0),
+                status_code=upstream.status_code,
                 media_type="text/event-stream",
                 headers={**headers, **passthrough},
             )
-        usage = reply.body.get("usage") or {}
-        cost = (
-            usage.get("prompt_tokens", 0) * model.usd_per_mtok_in
-            + usage.get("completion_tokens", 0) * model.usd_per_mtok_out
-        ) / 1e6
+        usage = reply.body.get("usage") if isinstance(reply.body, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        tokens_in = usage.get("prompt_tokens") or 0
+        tokens_out = usage.get("completion_tokens") or 0
+        cost = (tokens_in * model.usd_per_mtok_in + tokens_out * model.usd_per_mtok_out) / 1e6
         headers["x-polyroute-cost-usd"] = f"{cost:.8f}"
         headers.update({k: v for k, v in reply.headers.items() if k.startswith("x-replay-")})
         _outcome(
@@ -352,7 +366,7 @@ async def _dispatch(
             usage,
             time.perf_counter() - call_start,
             attempt > 0,
-            None,
+            f"http_{reply.status}" if reply.status >= 400 else None,
             cost,
         )
         return JSONResponse(reply.body, status_code=reply.status, headers=headers)
@@ -399,6 +413,22 @@ def _outcome(
     gateway.metrics.upstream_latency.labels(model).observe(seconds)
     gateway.metrics.cost.labels(model).inc(cost)
     gateway.metrics.requests.labels("chat", "error" if error else "ok").inc()
+    try:
+        _emit_outcome(gateway, decision, usage, seconds, fallback, error, cost)
+    except EventLogError:
+        # the answer is already paid for and on its way: count the lost outcome, do not fail it
+        gateway.metrics.errors.labels("outcome_not_logged").inc()
+
+
+def _emit_outcome(
+    gateway: Gateway,
+    decision: Decision,
+    usage: dict[str, Any] | None,
+    seconds: float,
+    fallback: bool,
+    error: str | None,
+    cost: float,
+) -> None:
     gateway.sink.emit(
         OutcomeEvent(
             event_id=decision.decision_id,

@@ -214,9 +214,11 @@ def _serve(args: argparse.Namespace) -> int:
         dsn = os.environ.get(env or "")
         if not dsn:
             raise ConfigError(f"events.postgres_dsn_env: environment variable {env!r} is not set")
-        sink = PostgresEventSink(dsn)
+        sink = PostgresEventSink(dsn, put_timeout_s=0.0)
     else:
-        sink = FileEventSink(config.events.directory)
+        # put_timeout 0: emit runs on the event loop, so a full queue refuses (503) at once
+        # instead of stalling every request in flight
+        sink = FileEventSink(config.events.directory, put_timeout_s=0.0)
     app = create_app(config, bundle, sink, seed=args.seed)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="info")
@@ -261,7 +263,7 @@ def _run(args: argparse.Namespace) -> int:
         uvicorn.Config(replay_app, host="127.0.0.1", port=args.replay_port, log_level="warning")
     )
     threading.Thread(target=replay.run, daemon=True).start()
-    sink = FileEventSink(config.events.directory)
+    sink = FileEventSink(config.events.directory, put_timeout_s=0.0)
     # a real prompt of the sample, so the replay answers with its recorded outcome and score
     test_prompts = data.split("test").prompts["prompt"]
     shortest = min((t for t in test_prompts if "'" not in t), key=len)

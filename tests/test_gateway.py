@@ -19,6 +19,7 @@ from loopback import serving
 from router.app import create_app
 from router.bundle import PolicyBundle, train_bundle
 from router.config import RouterConfig, load_config
+from router.events.errors import EventLogFullError
 from router.events.models import Event
 from training.datasets import RoutingDataset
 
@@ -179,6 +180,23 @@ def test_all_upstreams_down_is_a_502_and_is_logged(client, sink, upstream, confi
         (b'{"model": "auto", "messages": ["hi"]}', 400, r"messages\.0"),
         (b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}', 404, "gpt-9"),
         (
+            b'{"model": "auto", "max_tokens": "abc", '
+            b'"messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "max_tokens: expected a positive integer",
+        ),
+        (
+            b'{"model": "auto", "metadata": {"data_class": ["x"]}, '
+            b'"messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "data_class: expected a string",
+        ),
+        (
+            b'{"model": ["x"], "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "model: expected",
+        ),
+        (
             b'{"model": "auto", "metadata": {"profile": "vip"}, '
             b'"messages": [{"role": "user", "content": "x"}]}',
             400,
@@ -274,3 +292,34 @@ def test_openai_sdk_sync_async_and_streaming(server, sink) -> None:
     while len(sink.of("outcome")) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)  # the streamed call logs its outcome when the stream closes
     assert len(sink.of("outcome")) == 3
+
+
+class RefusingSink(ListSink):
+    """Refuses the kinds in ``refuse`` as a full event queue would."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def emit(self, event: Event) -> None:
+        if event.kind in self.refuse:
+            raise EventLogFullError("event log queue full")
+        super().emit(event)
+
+
+def test_a_decision_the_log_refuses_is_not_served(config, bundle, upstream) -> None:
+    sink = RefusingSink({"decision"})
+    app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
+    with TestClient(app) as c:
+        response = ask(c)
+        assert response.status_code == 503
+        assert upstream.calls == []  # never sent upstream: nothing served unlogged
+
+
+def test_an_outcome_the_log_refuses_does_not_fail_the_answer(config, bundle, upstream) -> None:
+    sink = RefusingSink({"outcome"})
+    app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
+    with TestClient(app) as c:
+        response = ask(c)
+        assert response.status_code == 200
+        assert 'polyroute_errors_total{kind="outcome_not_logged"} 1.0' in c.get("/metrics").text
