@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -301,8 +302,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def _force(decision: Decision, model: str) -> Decision:
     """The caller named the model: serve it if the rules allow it, else say which rule refused."""
-    from dataclasses import replace
-
     if model not in decision.eligible:
         rules = [rule for rule, models in decision.removed.items() if model in models]
         raise NoEligibleModelError(

@@ -83,7 +83,7 @@ class DecisionEngine:
         bundle = self.bundle
         context = bundle.featurizer.transform_one(text, n_turns)
         out_tokens = bundle.catalogue.expected_output_tokens(context)
-        latency_all = bundle.catalogue.expected_latency(context)
+        latency_all = bundle.catalogue.expected_latency(context, out_tokens)
         cost = {
             m: input_tokens * self._price_in[m] + out_tokens[j] * self._price_out[m]
             for m, j in self._columns.items()

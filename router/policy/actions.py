@@ -107,8 +107,13 @@ class ActionCatalogue:
             tokens_in = tokens_in[:, None]
         return tokens_in * self._price_in + self.expected_output_tokens(contexts) * self._price_out
 
-    def expected_latency(self, contexts: np.ndarray) -> np.ndarray:
-        return self._ttft + self.expected_output_tokens(contexts) / self._speed * 1000.0
+    def expected_latency(
+        self, contexts: np.ndarray, output_tokens: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Predicted latency in ms; pass ``output_tokens`` when already predicted."""
+        if output_tokens is None:
+            output_tokens = self.expected_output_tokens(contexts)
+        return self._ttft + output_tokens / self._speed * 1000.0
 
     def actions(
         self, context: np.ndarray, input_tokens: float, models: Sequence[str] | None = None
