@@ -41,53 +41,99 @@ def eligible_models(
     expected_latency_ms: Mapping[str, float] | None = None,
 ) -> Eligibility:
     """Apply the rules in order; the survivors keep the config's model order."""
-    if hints.profile not in config.profiles:
-        raise RequestError(
-            f"profile: unknown profile {hints.profile!r}; configured: {sorted(config.profiles)}"
-        )
-    candidates = [m.name for m in config.models]
-    removed: dict[str, list[str]] = {}
-
-    def keep(rule: str, allowed: set[str]) -> None:
-        nonlocal candidates
-        dropped = [m for m in candidates if m not in allowed]
-        if dropped:
-            removed[rule] = dropped
-        candidates = [m for m in candidates if m in allowed]
-
-    profile = config.profiles[hints.profile]
-    if profile.models:
-        keep(f"profile {hints.profile!r}", set(profile.models))
-    if hints.data_class is not None:
-        if hints.data_class not in config.data_classes:
-            raise RequestError(
-                f"data_class: unknown data class {hints.data_class!r}; "
-                f"configured: {sorted(config.data_classes)}"
-            )
-        if tenant_data_classes is not None and hints.data_class not in tenant_data_classes:
-            raise RequestError(f"data_class: this tenant may not send {hints.data_class!r} data")
-        required = config.data_classes[hints.data_class].required_tags
-        keep(
-            f"data class {hints.data_class!r} needs tags {sorted(required)}",
-            {m.name for m in config.models if required <= m.tags},
-        )
-    needed = input_tokens + max_output_tokens
-    keep(
-        f"context window < {needed} tokens",
-        {m.name for m in config.models if m.context_tokens >= needed},
+    return EligibilityRules(config).apply(
+        hints,
+        input_tokens,
+        max_output_tokens,
+        tenant_data_classes,
+        unhealthy,
+        expected_cost,
+        expected_latency_ms,
     )
-    if unhealthy:
-        keep("unhealthy (circuit open)", {m for m in candidates if m not in set(unhealthy)})
-    if hints.max_cost_usd is not None and expected_cost is not None:
-        limit = hints.max_cost_usd
-        keep(f"expected cost > {limit} USD", {m for m in candidates if expected_cost[m] <= limit})
-    if hints.max_latency_ms is not None and expected_latency_ms is not None:
-        limit = hints.max_latency_ms
-        keep(
-            f"expected latency > {limit} ms",
-            {m for m in candidates if expected_latency_ms[m] <= limit},
-        )
-    if not candidates:
-        reasons = "; ".join(f"{rule}: removed {models}" for rule, models in removed.items())
-        raise NoEligibleModelError(f"no model may serve this request ({reasons})")
-    return Eligibility(candidates, removed)
+
+
+class EligibilityRules:
+    """The rules of one config, with what does not depend on the request worked out once
+    (the decision path builds this once; :func:`eligible_models` builds it per call)."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.names = [m.name for m in config.models]
+        self._windows = [(m.name, m.context_tokens) for m in config.models]
+        self._smallest_window = min(w for _, w in self._windows)
+        self._profiles = {
+            name: frozenset(profile.models) if profile.models else None
+            for name, profile in config.profiles.items()
+        }
+        self._data_classes = {
+            name: (
+                f"data class {name!r} needs tags {sorted(data.required_tags)}",
+                frozenset(m.name for m in config.models if data.required_tags <= m.tags),
+            )
+            for name, data in config.data_classes.items()
+        }
+
+    def apply(
+        self,
+        hints: RequestHints,
+        input_tokens: int,
+        max_output_tokens: int,
+        tenant_data_classes: Collection[str] | None = None,
+        unhealthy: Collection[str] = (),
+        expected_cost: Mapping[str, float] | None = None,
+        expected_latency_ms: Mapping[str, float] | None = None,
+    ) -> Eligibility:
+        """Apply the rules in order; the survivors keep the config's model order."""
+        config = self.config
+        if hints.profile not in self._profiles:
+            raise RequestError(
+                f"profile: unknown profile {hints.profile!r}; configured: {sorted(config.profiles)}"
+            )
+        candidates = self.names
+        removed: dict[str, list[str]] = {}
+
+        def keep(rule: str, allowed: Collection[str]) -> None:
+            nonlocal candidates
+            dropped = [m for m in candidates if m not in allowed]
+            if dropped:
+                removed[rule] = dropped
+                candidates = [m for m in candidates if m in allowed]
+
+        allowed_by_profile = self._profiles[hints.profile]
+        if allowed_by_profile is not None:
+            keep(f"profile {hints.profile!r}", allowed_by_profile)
+        if hints.data_class is not None:
+            if hints.data_class not in self._data_classes:
+                raise RequestError(
+                    f"data_class: unknown data class {hints.data_class!r}; "
+                    f"configured: {sorted(config.data_classes)}"
+                )
+            if tenant_data_classes is not None and hints.data_class not in tenant_data_classes:
+                raise RequestError(
+                    f"data_class: this tenant may not send {hints.data_class!r} data"
+                )
+            keep(*self._data_classes[hints.data_class])
+        needed = input_tokens + max_output_tokens
+        if needed > self._smallest_window:  # else every model's window is large enough
+            keep(
+                f"context window < {needed} tokens",
+                {name for name, window in self._windows if window >= needed},
+            )
+        if unhealthy:
+            keep("unhealthy (circuit open)", {m for m in candidates if m not in set(unhealthy)})
+        if hints.max_cost_usd is not None and expected_cost is not None:
+            limit = hints.max_cost_usd
+            keep(
+                f"expected cost > {limit} USD",
+                {m for m in candidates if expected_cost[m] <= limit},
+            )
+        if hints.max_latency_ms is not None and expected_latency_ms is not None:
+            limit = hints.max_latency_ms
+            keep(
+                f"expected latency > {limit} ms",
+                {m for m in candidates if expected_latency_ms[m] <= limit},
+            )
+        if not candidates:
+            reasons = "; ".join(f"{rule}: removed {models}" for rule, models in removed.items())
+            raise NoEligibleModelError(f"no model may serve this request ({reasons})")
+        return Eligibility(list(candidates), removed)

@@ -17,7 +17,7 @@ import numpy as np
 
 from router.bundle import PolicyBundle
 from router.config import RouterConfig
-from router.eligibility import RequestHints, eligible_models
+from router.eligibility import EligibilityRules, RequestHints
 from router.errors import ConfigError
 
 
@@ -45,6 +45,12 @@ class Decision:
     expected_latency_ms: float
     removed: dict[str, list[str]]
     decide_ns: int
+    # nanoseconds per stage of decide_ns, in the order of STAGES: features, cost model,
+    # eligibility, policy (the actions and their pmf), sampling (with the decision id)
+    stages_ns: tuple[int, ...] = ()
+
+
+STAGES = ("features", "cost_model", "eligibility", "policy", "sampling")
 
 
 class DecisionEngine:
@@ -65,9 +71,14 @@ class DecisionEngine:
         self.bundle = bundle
         self._rng = np.random.default_rng(seed)
         catalogue = bundle.catalogue
-        self._price_in = {m.name: m.usd_per_mtok_in / 1e6 for m in config.models}
-        self._price_out = {m.name: m.usd_per_mtok_out / 1e6 for m in config.models}
-        self._columns = {m.name: catalogue.index[m.name] for m in config.models}
+        # the config's prices per catalogue column (0 for catalogue models not in the config)
+        self._names = [m.name for m in config.models]
+        self._columns = np.array([catalogue.index[m.name] for m in config.models], dtype=np.intp)
+        self._price_in = np.zeros(len(catalogue.names))
+        self._price_out = np.zeros(len(catalogue.names))
+        self._price_in[self._columns] = [m.usd_per_mtok_in / 1e6 for m in config.models]
+        self._price_out[self._columns] = [m.usd_per_mtok_out / 1e6 for m in config.models]
+        self._rules = EligibilityRules(config)
 
     def decide(
         self,
@@ -79,47 +90,61 @@ class DecisionEngine:
         tenant_data_classes: Collection[str] | None = None,
         unhealthy: Collection[str] = (),
     ) -> Decision:
-        start = time.perf_counter_ns()
+        clock = time.perf_counter_ns
+        start = clock()
         bundle = self.bundle
+        catalogue = bundle.catalogue
         context = bundle.featurizer.transform_one(text, n_turns)
-        out_tokens = bundle.catalogue.expected_output_tokens(context)
-        latency_all = bundle.catalogue.expected_latency(context, out_tokens)
-        cost = {
-            m: input_tokens * self._price_in[m] + out_tokens[j] * self._price_out[m]
-            for m, j in self._columns.items()
-        }
-        latency = {m: float(latency_all[j]) for m, j in self._columns.items()}
-        eligibility = eligible_models(
-            self.config,
+        t_features = clock()
+        out_tokens = catalogue.expected_output_tokens(context)
+        latency_all = catalogue.expected_latency(context, out_tokens)
+        # expected cost per catalogue column, at the config's prices
+        cost_all = input_tokens * self._price_in + out_tokens * self._price_out
+        t_cost = clock()
+        # the cost and latency rules only run when the request sets a limit
+        eligibility = self._rules.apply(
             hints,
             input_tokens,
             max_output_tokens,
             tenant_data_classes,
             unhealthy,
-            cost,
-            latency,
+            dict(zip(self._names, cost_all[self._columns].tolist(), strict=True))
+            if hints.max_cost_usd is not None
+            else None,
+            dict(zip(self._names, latency_all[self._columns].tolist(), strict=True))
+            if hints.max_latency_ms is not None
+            else None,
         )
         names = eligibility.models
-        actions = bundle.catalogue.actions_with_costs(
-            np.array([cost.get(m, 0.0) for m in bundle.catalogue.names]),
-            latency_all,
-            names,
-        )
+        t_eligibility = clock()
+        actions = catalogue.actions_with_costs(cost_all, latency_all, names)
         pmf = bundle.policy.predict_one(context, actions)
+        t_policy = clock()
         # inverse-CDF sampling: Generator.choice costs ~20 us per call, this ~1 us
         u = self._rng.random() * pmf.sum()
         k = min(int(np.searchsorted(np.cumsum(pmf), u, side="right")), len(pmf) - 1)
+        chosen = actions[k]
+        decision_id = uuid.uuid4().hex
+        action_features = np.array([a.features for a in actions])
+        end = clock()
         return Decision(
-            decision_id=uuid.uuid4().hex,
+            decision_id=decision_id,
             chosen=names[k],
             chosen_index=k,
             probability=float(pmf[k]),
             eligible=names,
             pmf=pmf,
-            action_features=np.vstack([a.features for a in actions]),
+            action_features=action_features,
             context=context,
-            expected_cost_usd=cost[names[k]],
-            expected_latency_ms=latency[names[k]],
+            expected_cost_usd=chosen.expected_cost,
+            expected_latency_ms=chosen.expected_latency_ms,
             removed=eligibility.removed,
-            decide_ns=time.perf_counter_ns() - start,
+            decide_ns=end - start,
+            stages_ns=(
+                t_features - start,
+                t_cost - t_features,
+                t_eligibility - t_cost,
+                t_policy - t_eligibility,
+                end - t_policy,
+            ),
         )

@@ -104,3 +104,75 @@ def test_config_models_unknown_to_the_bundle_are_refused(config, bundle) -> None
     data["models"][0]["name"] = "gpt-9"
     with pytest.raises(ConfigError, match="gpt-9"):
         DecisionEngine(RouterConfig.model_validate(data), bundle)
+
+
+def _reference_decide(engine: DecisionEngine, rng: np.random.Generator, *args, **kwargs):
+    """The decision path as it was before the latency work (VW's text-format predict, cost
+    dictionaries, the per-call eligibility rules): the fast path must decide exactly as it."""
+    text, n_turns, input_tokens, max_output_tokens, hints = args
+    bundle, config = engine.bundle, engine.config
+    catalogue = bundle.catalogue
+    context = bundle.featurizer.transform_one(text, n_turns)
+    out_tokens = catalogue.expected_output_tokens(context)
+    latency_all = catalogue.expected_latency(context, out_tokens)
+    cost = {
+        m.name: input_tokens * (m.usd_per_mtok_in / 1e6)
+        + out_tokens[catalogue.index[m.name]] * (m.usd_per_mtok_out / 1e6)
+        for m in config.models
+    }
+    latency = {m.name: float(latency_all[catalogue.index[m.name]]) for m in config.models}
+    eligibility = eligible_models(
+        config, hints, input_tokens, max_output_tokens, None, kwargs["unhealthy"], cost, latency
+    )
+    names = eligibility.models
+    actions = catalogue.actions_with_costs(
+        np.array([cost.get(m, 0.0) for m in catalogue.names]), latency_all, names
+    )
+    pmf = bundle.policy._vw_pmf(context, actions)  # type: ignore[attr-defined]
+    pmf = pmf / pmf.sum()
+    u = rng.random() * pmf.sum()
+    k = min(int(np.searchsorted(np.cumsum(pmf), u, side="right")), len(pmf) - 1)
+    return names, pmf, k, cost[names[k]], latency[names[k]], eligibility.removed
+
+
+def test_decisions_equal_the_reference_path(config, bundle, small: RoutingDataset) -> None:
+    """Same pmfs (bit for bit), same sampled choices, costs and removals as the VW text path."""
+    engine = DecisionEngine(config, bundle, seed=3)
+    rng = np.random.default_rng(3)
+    hint_sets = [
+        RequestHints(),
+        RequestHints(max_cost_usd=2e-4),
+        RequestHints(max_latency_ms=3000.0),
+        RequestHints(profile="open-weights-only"),
+        RequestHints(data_class="eu-personal", max_cost_usd=1e-3),
+    ]
+    texts = small.prompts["prompt"].tolist()[:120]
+    for _ in range(20):  # predictions without learning: the fast path serves from here on
+        engine.decide(texts[0], 1, 100, 512, RequestHints())
+        _reference_decide(engine, rng, texts[0], 1, 100, 512, RequestHints(), unhealthy=())
+    for i, text in enumerate(texts):
+        hints = hint_sets[i % len(hint_sets)]
+        unhealthy = ("gemini-1.5-pro-002",) if i % 4 == 0 else ()
+        args = (text, 1 + i % 3, len(text) // 4, 512 if i % 9 else 9000, hints)
+        try:
+            d = engine.decide(*args, None, unhealthy)
+        except NoEligibleModelError:
+            with pytest.raises(NoEligibleModelError):
+                _reference_decide(engine, rng, *args, unhealthy=unhealthy)
+            continue
+        names, pmf, k, cost, latency, removed = _reference_decide(
+            engine, rng, *args, unhealthy=unhealthy
+        )
+        assert d.eligible == names and d.removed == removed
+        np.testing.assert_array_equal(d.pmf, pmf)
+        assert (d.chosen_index, d.expected_cost_usd, d.expected_latency_ms) == (k, cost, latency)
+    assert engine.bundle.policy._scorer is not None  # type: ignore[attr-defined]
+
+
+def test_decision_records_its_stage_timings(config, bundle, small: RoutingDataset) -> None:
+    from router.pipeline import STAGES
+
+    text = small.prompts["prompt"].iloc[0]
+    d = DecisionEngine(config, bundle).decide(text, 1, 300, 512, RequestHints())
+    assert len(d.stages_ns) == len(STAGES) and all(t >= 0 for t in d.stages_ns)
+    assert sum(d.stages_ns) == d.decide_ns

@@ -188,3 +188,141 @@ def test_vw_warm_start_from_full_information_routes_better_than_cold(
         return total / len(xt)
 
     assert served_quality(warm) > served_quality(cold) + 0.05
+
+
+# ---- the VW policy's exact fast path -----------------------------------------------------------
+
+
+def _random_subsets(rng: np.random.Generator, names: list[str], n: int) -> list[list[str]]:
+    sizes = rng.integers(1, len(names) + 1, size=n)
+    return [list(rng.choice(names, size=int(s), replace=False)) for s in sizes]
+
+
+def _assert_fast_path_equals_vw(policy: Policy, catalogue: ActionCatalogue, contexts) -> None:
+    """The fast path's pmf equals Workspace.predict's bit for bit, on every context and on
+    random eligible subsets (in random orders)."""
+    from router.policy.vw import VWSquareCBPolicy
+
+    assert isinstance(policy, VWSquareCBPolicy)
+    rng = np.random.default_rng(11)
+    subsets = [catalogue.names, *_random_subsets(rng, catalogue.names, len(contexts) - 1)]
+    for x, subset in zip(contexts, subsets, strict=True):
+        actions = catalogue.actions(x, 300.0, subset)
+        fast = policy._fast_pmf(x, actions)
+        assert fast is not None, policy.fast_path_error
+        np.testing.assert_array_equal(fast, policy._vw_pmf(x, actions))
+    assert policy.fast_path_error is None
+
+
+def _probe_contexts(x: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Real contexts, and synthetic ones: other scales, zeros, ties of %.6g rounding."""
+    rows = [x[i] for i in range(0, len(x), 7)]
+    for _ in range(40):
+        z = x[rng.integers(len(x))] * rng.choice([0.5, 1.0, 3.0, 1e-3])
+        z[rng.random(len(z)) < 0.2] = 0.0
+        z[rng.integers(len(z))] = 3 / 512  # 0.005859375: a tie at the 7th digit
+        z[rng.integers(len(z))] = 10.0 ** int(rng.integers(-8, 6))
+        rows.append(z)
+    return rows
+
+
+def test_vw_fast_path_equals_workspace_predict(small: RoutingDataset, fitted, tmp_path) -> None:
+    """After fit, after learn_one updates and after save/load: the same pmfs as VW's."""
+    _featurizer, catalogue, x = fitted
+    rng = np.random.default_rng(5)
+    contexts = _probe_contexts(x, rng)
+    policy = trained("vw_squarecb", small, fitted)  # fit + 60 partial-feedback updates
+    _assert_fast_path_equals_vw(policy, catalogue, contexts)
+    train = small.split("train")
+    for i in range(160, 200):  # more updates: the fast path is rebuilt from the new weights
+        actions = catalogue.actions(x[i], 100.0)
+        policy.learn_one(x[i], actions, i % len(actions), 0.5, float(train.quality[i, i % 29]))
+    _assert_fast_path_equals_vw(policy, catalogue, contexts)
+    policy.save(tmp_path / "vw")
+    loaded = Policy.load(tmp_path / "vw")
+    assert loaded._n_learned == policy._n_learned  # type: ignore[attr-defined]
+    _assert_fast_path_equals_vw(loaded, catalogue, contexts)
+
+
+def test_vw_fast_path_serves_once_learning_pauses(small: RoutingDataset, fitted) -> None:
+    from router.policy.vw import _REBUILD_AFTER
+
+    _featurizer, catalogue, x = fitted
+    policy = trained("vw_squarecb", small, fitted)
+    served = []
+    for i in range(300, 300 + 2 * _REBUILD_AFTER):
+        actions = catalogue.actions(x[i], 100.0)
+        pmf = policy.predict_one(x[i], actions)
+        reference = policy._vw_pmf(x[i], actions)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(pmf, reference / reference.sum())
+        served.append(policy._scorer is not None)  # type: ignore[attr-defined]
+    # right after learning VW predicts; once predictions follow without learning, the fast path
+    assert served == [False] * _REBUILD_AFTER + [True] * _REBUILD_AFTER
+    policy.learn_one(x[0], catalogue.actions(x[0], 100.0), 0, 0.5, 1.0)
+    assert policy._scorer is None  # type: ignore[attr-defined]
+
+
+def test_vw_fast_path_on_untrained_and_unsupported_policies(fitted) -> None:
+    _featurizer, catalogue, x = fitted
+    cls = get_policy_class("vw_squarecb")
+    fresh = cls(reward=SPEC)  # counter 0: gamma 0, every score equal: a uniform pmf
+    _assert_fast_path_equals_vw(fresh, catalogue, list(x[:5]))
+    toy = cls(reward=SPEC)
+    fast = toy._fast_pmf(np.ones(4), _toy_actions())  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(fast, toy._vw_pmf(np.ones(4), _toy_actions()))  # type: ignore[attr-defined]
+    other = cls(reward=SPEC, extra_args="--l2 1e-6")  # not reproduced: VW predicts
+    assert other.fast_path_error is not None  # type: ignore[attr-defined]
+    pmf = other.predict_one(x[0], catalogue.actions(x[0], 100.0))
+    assert pmf.sum() == pytest.approx(1.0)
+
+
+def test_vw_text_parsing_is_reproduced_exactly() -> None:
+    """Our float32 reading of f"{v:.6g}" is VW's own, on values of every scale."""
+    from vowpalwabbit import Workspace
+
+    from router.policy.vw import _vw_text_value, _vw_text_values
+
+    vw = Workspace("--cb_adf --quiet")
+    index = vw.hash_feature("0", vw.hash_space("c")) & (vw.num_weights() - 1)
+    vw.set_weight(index, 0, 1.0)  # the score of an example is then the value VW read
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=1500) * 10.0 ** rng.integers(-20, 13, size=1500)
+    special = [3 / 512, 0.5, 0.125, 1.0, 10.0, 1e-5, 0.1, 1.2573, 9.999995, 999999.5, 1e12]
+    values = np.concatenate([values, special, np.negative(special), [0.0]])
+    read = np.array(
+        [vw.predict(["shared |c 0:" + f"{v:.6g}", "|a m=x"])[0] if v else 0.0 for v in values],
+        dtype=np.float32,
+    )
+    np.testing.assert_array_equal(_vw_text_values(values), read)
+    np.testing.assert_array_equal([_vw_text_value(float(v)) if v else 0.0 for v in values], read)
+    assert _vw_text_values(np.array([1.0, np.nan])) is None
+    assert _vw_text_values(np.array([1.0, 2e13])) is None
+
+
+def test_squarecb_pmf_floor_and_ties() -> None:
+    from router.policy.vw import squarecb_pmf
+
+    f32 = np.float32
+    one = squarecb_pmf(np.array([0.3], dtype=np.float32), f32(100.0), f32(0.02))
+    np.testing.assert_array_equal(one, [1.0])
+    tied = squarecb_pmf(np.zeros(3, dtype=np.float32), f32(100.0), f32(0.02))
+    assert tied[0] == f32(1.0) - (f32(1 / 3) + f32(1 / 3))  # ties: the first is the best
+    pmf = squarecb_pmf(np.array([0.0, 1.0, 0.001], dtype=np.float32), f32(1e4), f32(0.3))
+    assert pmf.min() >= f32(0.1) and abs(float(pmf.sum()) - 1.0) < 1e-6
+
+
+def test_catalogue_actions_share_read_only_rows(fitted) -> None:
+    """One read-only features row per model, reused by every request (the fast path finds an
+    eligible set by the identity of these rows); the actions equal plainly built ones."""
+    _featurizer, catalogue, x = fitted
+    model = "gemini-1.5-pro-002"
+    j = catalogue.index[model]
+    costs, latencies = np.arange(29.0), np.arange(29.0) * 2
+    a, b = catalogue.actions_with_costs(costs, latencies, [model, model])
+    assert a.features is b.features and not a.features.flags.writeable
+    plain = Action(model, catalogue.static_features[j], float(j), float(2 * j))
+    assert vars(a).keys() == vars(plain).keys()
+    assert (a.model, a.expected_cost, a.expected_latency_ms) == (model, float(j), float(2 * j))
+    np.testing.assert_array_equal(a.features, plain.features)
+    assert catalogue.actions(x[0], 10.0)[j].features is a.features
