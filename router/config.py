@@ -117,6 +117,35 @@ class EventsConfig(_Strict):
     log_prompts: bool = False  # raw prompt text in decision events only when allowed
 
 
+class RegistryConfig(_Strict):
+    """Where the serving policy comes from: ``models:/<model_name>@<alias>`` in MLflow."""
+
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI or the embedded SQLite store
+    model_name: str = Field(default="polyroute-policy", min_length=1)
+    alias: str = Field(default="champion", min_length=1)
+
+
+class CanaryConfig(_Strict):
+    """Serve the policy under ``alias`` (the challenger) to ``share`` of the routed requests
+    and stop it when a sequential test finds it worse than the champion (``router.canary``)."""
+
+    alias: str = Field(default="challenger", min_length=1)
+    share: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    seed: int = 0
+    min_requests: Annotated[int, Field(ge=1)] = 200  # per arm, before the test may stop it
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05  # the test's error level, any stop time
+    max_reward_drop: NonNegativeFloat = 0.0  # tolerated mean reward loss per request
+    max_error_rate_increase: NonNegativeFloat = 0.0  # tolerated error rate increase
+
+
+class PolicyConfig(_Strict):
+    """Hot reload (``router.reload``) and canary (``router.canary``) of the serving policy."""
+
+    registry: RegistryConfig = RegistryConfig()
+    poll_s: PositiveFloat = 10.0
+    canary: CanaryConfig | None = None
+
+
 class RouterConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     profiles: dict[str, ProfileConfig] = Field(default_factory=lambda: {"default": ProfileConfig()})
@@ -126,6 +155,8 @@ class RouterConfig(_Strict):
     timeouts: TimeoutConfig = TimeoutConfig()
     events: EventsConfig = EventsConfig()
     policy_bundle: str | None = None
+    policy: PolicyConfig | None = None  # None: serve the given bundle, no reloading
+    admin_api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

@@ -1,8 +1,16 @@
-"""Prometheus metrics of the gateway (prometheus_client), one registry per app instance."""
+"""Prometheus metrics of the gateway (prometheus_client), one registry per app instance.
+
+With several worker processes (``polyroute serve --workers N``) the CLI sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start: prometheus_client then keeps every
+value in per-process files there, and :func:`render` merges all workers' files, so a scrape
+sees the whole service whichever worker answers it (gauges carry a ``pid`` label).
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1)
 
@@ -29,5 +37,46 @@ class GatewayMetrics:
         self.errors = Counter("polyroute_errors", "Errors by kind", ["kind"], registry=r)
         self.cost = Counter("polyroute_cost_usd", "Cost of served calls", ["model"], registry=r)
         self.policy_version = Gauge(
-            "polyroute_policy_info", "The serving policy bundle", ["version"], registry=r
+            "polyroute_policy_info",
+            "The serving policy bundle of each arm (1 serving, 0 replaced)",
+            ["arm", "version"],
+            registry=r,
         )
+        self.policy_reloads = Counter(
+            "polyroute_policy_reloads", "Policy swaps by hot reload", ["arm"], registry=r
+        )
+        self.policy_reload_failures = Counter(
+            "polyroute_policy_reload_failures",
+            "Failed policy reloads (the old policy kept serving), by arm and stage",
+            ["arm", "stage"],
+            registry=r,
+        )
+        self.canary_share = Gauge(
+            "polyroute_canary_share", "Share of routed requests sent to the challenger", registry=r
+        )
+        self.canary_requests = Counter(
+            "polyroute_canary_requests", "Routed requests by canary arm", ["arm"], registry=r
+        )
+        self.canary_stops = Counter(
+            "polyroute_canary_stops",
+            "Canaries stopped by the sequential test, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.usage_estimated = Counter(
+            "polyroute_usage_estimated",
+            "Streamed outcomes whose tokens and cost were estimated (the upstream sent no usage)",
+            ["model"],
+            registry=r,
+        )
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition of ``registry``, or of every worker in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return generate_latest(merged)
+    return generate_latest(registry)

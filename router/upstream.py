@@ -5,10 +5,13 @@ instance (weighted round robin over a model's instances).
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+import json
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
 from router.config import ModelConfig, TimeoutConfig
@@ -94,7 +97,7 @@ class UpstreamClient:
 
     async def stream(
         self, model: ModelConfig, base_url: str, body: dict[str, Any]
-    ) -> tuple[httpx.Response, AsyncIterator[bytes]]:
+    ) -> httpx.Response:
         """Open a streaming call; raises UpstreamError before any byte is relayed."""
         try:
             response = await self._client.send(self._request(model, base_url, body), stream=True)
@@ -105,4 +108,158 @@ class UpstreamClient:
         if response.status_code >= 500 or response.status_code == 429:
             await response.aclose()
             raise UpstreamError(model.name, f"http_{response.status_code}", "stream refused")
-        return response, response.aiter_bytes()  # decoded: we do not relay content-encoding
+        return response
+
+
+class SSEUsageReader:
+    """Reads an upstream ``chat.completion.chunk`` SSE stream as it is relayed.
+
+    It keeps the ``usage`` the upstream sends in its final chunk (OpenAI's
+    ``stream_options.include_usage``: one extra chunk before ``data: [DONE]`` whose ``choices``
+    is empty and whose ``usage`` covers the whole request) and the text it relayed (for a token
+    estimate when no usage comes). With ``strip_usage_chunk`` the usage-only chunk is not relayed:
+    the gateway always asks the upstream for usage, and a caller that did not ask must see the
+    stream it asked for (code written against the default stream may index ``choices[0]``).
+    The other chunks keep the ``"usage": null`` the upstream adds under that option: the SDKs
+    read it as absent (``ChatCompletionChunk.usage`` is optional), and rewriting every chunk to
+    drop it would cost a JSON round trip per chunk.
+
+    Events are relayed whole (split on blank lines; ``\\r\\n`` line ends become ``\\n``), so one
+    call to :meth:`feed` may return less or more than it was given.
+    """
+
+    def __init__(self, strip_usage_chunk: bool) -> None:
+        self.strip_usage_chunk = strip_usage_chunk
+        self.usage: dict[str, Any] | None = None
+        self._text: list[str] = []
+        self._buffer = b""
+
+    @property
+    def text(self) -> str:
+        """The generated text relayed so far (content and tool-call arguments)."""
+        return "".join(self._text)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take upstream bytes; return the complete events to relay now."""
+        self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        return b"".join(self._keep(event) for event in events)
+
+    def flush(self) -> bytes:
+        """The rest of the stream after the upstream ended (an event without its blank line)."""
+        rest, self._buffer = self._buffer, b""
+        return self._keep(rest)[:-2] if rest.strip() else rest
+
+    def _keep(self, event: bytes) -> bytes:
+        data = b"\n".join(
+            line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        if data and data != b"[DONE]":
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                chunk = None  # not ours to judge: relay it untouched
+            if isinstance(chunk, dict) and self._read(chunk):
+                return b""
+        return event + b"\n\n"
+
+    def _read(self, chunk: dict[str, Any]) -> bool:
+        """Record what ``chunk`` says; True when it is the usage-only chunk to drop."""
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.usage = usage
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                continue
+            if isinstance(delta.get("content"), str):
+                self._text.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                arguments = (call.get("function") or {}).get("arguments")
+                if isinstance(arguments, str):
+                    self._text.append(arguments)
+        return self.strip_usage_chunk and isinstance(usage, dict) and choices == []
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of ``text`` by the ~4 characters per token rule of thumb of BPE tokenizers on
+    English (no tokenizer download on the request path; outcomes using it are counted by
+    ``polyroute_usage_estimated_total``)."""
+    return max(1, -(-len(text) // 4)) if text else 0
+
+
+@dataclass
+class StreamEnd:
+    """How a relayed stream ended, handed to :class:`StreamRelay`'s ``on_end`` exactly once.
+
+    ``error`` is None (complete), ``"client_disconnected"`` (the caller went away first) or
+    ``"stream_<kind>"`` (the upstream broke off mid-stream).
+    """
+
+    usage: dict[str, Any] | None
+    text: str
+    error: str | None
+    seconds: float
+
+
+class StreamRelay:
+    """Relays an upstream SSE response to the caller and always closes it.
+
+    :meth:`chunks` is the body to send. :meth:`close` must run when the response is over,
+    however it ended (the ASGI response calls it in a ``finally``): it closes the upstream
+    response shielded from cancellation, since a client disconnect cancels the sending task, and
+    an unclosed upstream response would hold its pooled connection; then it reports the end.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        response: httpx.Response,
+        strip_usage_chunk: bool,
+        on_end: Callable[[StreamEnd], None],
+        started: float,
+    ) -> None:
+        self.model = model
+        self.response = response
+        self.reader = SSEUsageReader(strip_usage_chunk)
+        self._on_end = on_end
+        self._started = started
+        self._done = False
+        self._error: str | None = None
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.response.aiter_bytes():  # decoded: no content-encoding
+                out = self.reader.feed(chunk)
+                if out:
+                    yield out
+        except httpx.HTTPError as exc:
+            kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
+            self._error = f"stream_{kind}"
+            # headers are gone: tell the caller in-band (the OpenAI SDK raises on an error event)
+            message = f"upstream {self.model} broke off the stream ({kind})"
+            error = {"error": {"message": message, "type": "upstream_error", "code": 502}}
+            yield b"data: " + json.dumps(error).encode() + b"\n\n"
+            return
+        except Exception:
+            self._error = "stream_error"  # not the caller's doing: not "client_disconnected"
+            raise
+        rest = self.reader.flush()
+        if rest:
+            yield rest
+        self._done = True
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self.response.aclose()
+        error = self._error or (None if self._done else "client_disconnected")
+        self._on_end(
+            StreamEnd(
+                self.reader.usage, self.reader.text, error, time.perf_counter() - self._started
+            )
+        )

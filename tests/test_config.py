@@ -102,6 +102,11 @@ def _set(path: str, value: Any) -> dict[str, Any]:
         (_set("timeouts.read_s", 0), r"timeouts\.read_s: .*greater than 0"),
         (_set("events.sink", "kafka"), r"events\.sink: .*'file' or 'postgres'"),
         ({"models": []}, r"models: .*at least 1"),
+        (_set("policy.poll_s", 0), r"policy\.poll_s: .*greater than 0"),
+        (_set("policy.registry.stage", "Production"), r"policy\.registry\.stage: Extra inputs"),
+        (_set("policy.canary.share", 0.9), r"policy\.canary\.share: .*less than or equal"),
+        (_set("policy.canary.alpha", 0), r"policy\.canary\.alpha: .*greater than 0"),
+        (_set("admin_api_key_sha256", "secret"), r"admin_api_key_sha256: .*pattern"),
         ("- just\n- a list\n", r"expected a mapping"),
         ("models: [unclosed\n", r"not valid YAML"),
     ],
@@ -114,3 +119,22 @@ def test_invalid_config_names_the_key(tmp_path: Path, data: Any, match: str) -> 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_policy_section_defaults_and_the_documented_example(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, minimal())).policy is None  # no reloading by default
+    config = load_config(write(tmp_path, _set("policy", {})))
+    assert config.policy is not None and config.policy.poll_s == 10
+    assert config.policy.registry.model_name == "polyroute-policy"
+    assert config.policy.registry.alias == "champion" and config.policy.canary is None
+    # the example documents the section commented out: uncommented, it is valid
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index(
+        "# --- policy section (tests/test_config.py uncomments and validates it) ---"
+    )
+    end = lines.index("# --- end of policy section ---")
+    block = "\n".join(line.removeprefix("# ") for line in lines[start + 1 : end])
+    data = {**minimal(), **yaml.safe_load(block)}
+    policy = load_config(write(tmp_path, data)).policy
+    assert policy is not None and policy.canary is not None
+    assert policy.canary.alias == "challenger" and policy.canary.share == 0.1

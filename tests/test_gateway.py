@@ -39,17 +39,25 @@ class ListSink:
         return [e.to_dict() for e in self.events if e.kind == kind]
 
 
+USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+
+
 class FakeUpstream:
-    """An OpenAI-compatible upstream; ``down`` models answer 503."""
+    """An OpenAI-compatible upstream; ``down`` models answer 503. Streams end with OpenAI's
+    usage-only chunk when asked (``stream_options.include_usage``) unless ``stream_usage`` is
+    False (an upstream that ignores the option)."""
 
     def __init__(self) -> None:
         self.down: set[str] = set()
         self.calls: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.stream_usage = True
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         model = body["model"]
         self.calls.append(model)
+        self.bodies.append(body)
         if model in self.down:
             return httpx.Response(503, json={"error": {"message": "down"}})
         text = f"answer from {model}"
@@ -59,6 +67,8 @@ class FakeUpstream:
                 {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
                 {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
             ]
+            if self.stream_usage and (body.get("stream_options") or {}).get("include_usage"):
+                chunks.append({"choices": [], "usage": USAGE})
             payload = "".join(
                 "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk",
                                        "created": 1, "model": model, **c}) + "\n\n"
@@ -80,7 +90,7 @@ class FakeUpstream:
                         "message": {"role": "assistant", "content": text},
                     }
                 ],
-                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110},
+                "usage": USAGE,
             },
             headers={"x-replay-score": "1.0"},
         )
@@ -265,7 +275,7 @@ def server(config, bundle, sink, upstream) -> Iterator[str]:
         yield url
 
 
-def test_openai_sdk_sync_async_and_streaming(server, sink) -> None:
+def test_openai_sdk_sync_async_and_streaming(server, sink, config) -> None:
     client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "Name a prime number."}]
@@ -277,7 +287,10 @@ def test_openai_sdk_sync_async_and_streaming(server, sink) -> None:
     stream = client.chat.completions.create(
         model="auto", messages=[{"role": "user", "content": "Count to three."}], stream=True
     )
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    chunks = list(stream)
+    # the gateway asked the upstream for usage; the caller did not, so it sees no usage chunk
+    assert all(chunk.choices for chunk in chunks)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
     assert text.startswith("answer from ")
 
     async def run_async() -> str:
@@ -293,6 +306,13 @@ def test_openai_sdk_sync_async_and_streaming(server, sink) -> None:
     while len(sink.of("outcome")) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)  # the streamed call logs its outcome when the stream closes
     assert len(sink.of("outcome")) == 3
+    streamed = sink.of("decision")[1]
+    (outcome,) = [o for o in sink.of("outcome") if o["event_id"] == streamed["event_id"]]
+    assert (outcome["input_tokens"], outcome["output_tokens"]) == (100, 10)  # upstream usage
+    model = config.model(streamed["chosen_model"])
+    expected = (100 * model.usd_per_mtok_in + 10 * model.usd_per_mtok_out) / 1e6
+    assert outcome["cost_usd"] == pytest.approx(expected) and expected > 0
+    assert outcome["error_class"] is None
 
 
 class RefusingSink(ListSink):
@@ -324,3 +344,260 @@ def test_an_outcome_the_log_refuses_does_not_fail_the_answer(config, bundle, ups
         response = ask(c)
         assert response.status_code == 200
         assert 'polyroute_errors_total{kind="outcome_not_logged"} 1.0' in c.get("/metrics").text
+
+
+def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_stream_usage_relayed_when_the_caller_asks(server, sink, upstream) -> None:
+    client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "Count to three."}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 10
+    assert upstream.bodies[-1]["stream_options"] == {"include_usage": True}
+    wait_for(lambda: len(sink.of("outcome")) == 1)
+    assert sink.of("outcome")[0]["output_tokens"] == 10
+
+
+def test_stream_options_are_merged_and_checked(client, upstream) -> None:
+    body = {"stream": True, "stream_options": {"include_usage": False, "x_vendor": 1}}
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={**body, "model": "auto", "messages": [{"role": "user", "content": "hi"}]},
+    ) as r:
+        relayed = r.read()
+    assert upstream.bodies[-1]["stream_options"] == {"include_usage": True, "x_vendor": 1}
+    assert b'"usage"' not in relayed and relayed.endswith(b"data: [DONE]\n\n")
+    assert ask(client, stream=True, stream_options=[1]).status_code == 400
+    assert ask(client, stream="yes").status_code == 400
+
+
+def test_stream_without_upstream_usage_is_estimated(client, sink, upstream, config) -> None:
+    upstream.stream_usage = False  # an upstream that ignores stream_options
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "auto",
+            "stream": True,
+            "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+        },
+    ) as r:
+        r.read()
+        chosen = r.headers["x-polyroute-model"]
+    (outcome,) = sink.of("outcome")
+    answer = f"answer from {chosen}"
+    assert outcome["output_tokens"] == -(-len(answer) // 4) > 0  # ~4 characters per token
+    assert outcome["input_tokens"] > 0 and outcome["cost_usd"] > 0
+    metrics = client.get("/metrics").text
+    assert f'polyroute_usage_estimated_total{{model="{chosen}"}} 1.0' in metrics
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """An upstream SSE body that trickles chunks for a long time and records being closed."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.closed = False
+
+    async def __aiter__(self) -> Any:
+        chunk = {"choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": None}]}
+        for _ in range(500):
+            self.sent += 1
+            yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            await asyncio.sleep(0.02)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_client_disconnect_closes_upstream_and_logs_outcome(config, bundle, sink) -> None:
+    streams: list[SlowStream] = []
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        streams.append(SlowStream())
+        return httpx.Response(
+            200, stream=streams[-1], headers={"content-type": "text/event-stream"}
+        )
+
+    app = create_app(config, bundle, sink, transport=httpx.MockTransport(slow))
+    with serving(app) as url, httpx.Client(timeout=10) as http:
+        body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with http.stream("POST", f"{url}/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            first = next(response.iter_raw())
+            assert first.startswith(b"data: ")
+        # the client has closed the connection after the first chunk
+        wait_for(lambda: len(sink.of("outcome")) == 1)
+        (outcome,) = sink.of("outcome")
+        assert outcome["error_class"] == "client_disconnected"
+        assert outcome["event_id"] == sink.of("decision")[0]["event_id"]
+        assert outcome["output_tokens"] > 0  # estimated from what was relayed
+        (stream,) = streams
+        assert stream.closed and stream.sent < 500
+
+
+def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
+    """``polyroute serve --workers 2`` as a real process: routed answers, health, feedback
+    accepted by whichever worker gets it, one event file per worker (never shared)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from loopback import free_port
+
+    from router.backends.replay import ReplayConfig, create_replay_app
+    from router.events import read_events
+    from router.events.file_sink import event_files
+
+    bundle_dir = bundle.save(tmp_path / "bundle")
+    with serving(create_replay_app(small, ReplayConfig(time_scale=0))) as replay_url:
+        raw = config.model_dump(mode="json")
+        for model in raw["models"]:
+            model["provider"]["base_url"] = replay_url
+        (tmp_path / "router.yaml").write_text(yaml.safe_dump(raw))
+        port = free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "router.cli",
+            "serve",
+            "--config",
+            str(tmp_path / "router.yaml"),
+            "--bundle",
+            str(bundle_dir),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--events-dir",
+            str(tmp_path / "events"),
+        ]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+        process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 25
+            while True:
+                assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "gateway workers did not start"
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).json() == {"status": "ok"}:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+            ids = []
+            with httpx.Client(base_url=base, timeout=10) as http:
+                for i in range(12):
+                    raw_reply = client.chat.completions.with_raw_response.create(
+                        model="auto", messages=[{"role": "user", "content": f"Question {i}?"}]
+                    )
+                    assert raw_reply.parse().choices[0].message.content
+                    ids.append(raw_reply.headers["x-polyroute-decision-id"])
+                for decision_id in ids:  # a new connection each: any worker may answer
+                    fb = httpx.post(
+                        f"{base}/v1/feedback", json={"decision_id": decision_id, "quality": 1.0}
+                    )
+                    assert fb.status_code == 200, fb.text
+                assert http.get("/readyz").json()["policy_version"] == bundle.version
+            # every worker's counters in one scrape, whichever worker answers it
+            for _ in range(4):
+                scrape = httpx.get(f"{base}/metrics").text
+                served = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in scrape.splitlines()
+                    if line.startswith("polyroute_decisions_total{")
+                )
+                assert served == 12
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+    events = list(read_events(tmp_path / "events"))
+    assert sum(e.kind == "decision" for e in events) == 12
+    assert sum(e.kind == "outcome" for e in events) == 12
+    assert sum(e.kind == "feedback" for e in events) == 12
+    assert event_files(tmp_path / "events")  # one file per worker that wrote (never shared)
+
+
+def test_feedback_reaches_a_sibling_worker(config, bundle, upstream) -> None:
+    """Decision ids are signed with the workers' shared key: a worker that did not serve the
+    decision still accepts its feedback; one with another key does not."""
+    key = bytes(range(32))
+    sinks = [ListSink(), ListSink(), ListSink()]
+    apps = [
+        create_app(
+            config, bundle, sinks[i], transport=httpx.MockTransport(upstream), decision_key=k
+        )
+        for i, k in enumerate([key, key, bytes(32)])
+    ]
+    with TestClient(apps[0]) as a, TestClient(apps[1]) as b, TestClient(apps[2]) as other:
+        decision_id = ask(a).headers["x-polyroute-decision-id"]
+        assert len(decision_id) == 48
+        feedback = {"decision_id": decision_id, "quality": 0.5}
+        assert b.post("/v1/feedback", json=feedback).status_code == 200
+        assert other.post("/v1/feedback", json=feedback).status_code == 404
+        forged = decision_id[:-1] + ("1" if decision_id.endswith("0") else "0")
+        assert b.post("/v1/feedback", json={**feedback, "decision_id": forged}).status_code == 404
+        odd = {**feedback, "decision_id": "ü" * 48}
+        assert b.post("/v1/feedback", json=odd).status_code == 404
+        assert sinks[1].of("feedback")[0]["event_id"] == decision_id
+
+
+class BrokenStream(httpx.AsyncByteStream):
+    """An upstream SSE body that breaks off after one chunk."""
+
+    async def __aiter__(self) -> Any:
+        chunk = {"choices": [{"index": 0, "delta": {"content": "half an"}, "finish_reason": None}]}
+        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        raise httpx.ReadError("connection reset by peer")
+
+
+def test_upstream_breaking_off_mid_stream_is_told_and_logged(config, bundle, sink) -> None:
+    def broken(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=BrokenStream(),
+                              headers={"content-type": "text/event-stream"})  # fmt: skip
+
+    app = create_app(config, bundle, sink, transport=httpx.MockTransport(broken))
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        stream = client.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        with pytest.raises(openai.APIError, match="broke off the stream"):
+            list(stream)
+        wait_for(lambda: len(sink.of("outcome")) == 1)
+    assert sink.of("outcome")[0]["error_class"] == "stream_connection"
+
+
+def test_sse_reader_reassembles_events_and_strips_the_usage_chunk() -> None:
+    from router.upstream import SSEUsageReader
+
+    events = [
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "lo"}}], "usage": None},
+        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]
+    raw = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
+    raw += b"data: [DONE]\r\n\r\n"
+    for strip in (True, False):
+        reader = SSEUsageReader(strip_usage_chunk=strip)
+        out = b"".join(reader.feed(raw[i : i + 7]) for i in range(0, len(raw), 7))
+        out += reader.flush()
+        assert reader.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+        assert reader.text == "Hello"
+        assert out.endswith(b"data: [DONE]\n\n") and out.count(b"data: ") == 4 - strip
+        assert (b'"completion_tokens"' in out) is not strip
