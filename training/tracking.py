@@ -29,6 +29,29 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
+def use_experiment(name: str, tracking_uri: str | None = None) -> str:
+    """Point MLflow (tracking and registry) at ``tracking_uri`` and make ``name`` the active
+    experiment, creating it (artifacts beside the SQLite file for the embedded store).
+
+    Returns the resolved tracking URI.
+    """
+    import mlflow  # imported here: mlflow's import costs ~2 s
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(name) is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+        elif not uri.startswith(("http:", "https:", "databricks")):
+            location = (default_home() / "mlartifacts").as_uri()  # a database store: local files
+        mlflow.create_experiment(name, artifact_location=location)
+    mlflow.set_experiment(name)
+    return uri
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
@@ -43,15 +66,7 @@ def log_benchmark(
     """Log one benchmark run (params, per-router metrics, JSON and plots); returns the run id."""
     import mlflow  # imported here: mlflow's import costs ~2 s, only the benchmark needs it
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    uri = resolve_tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        location = None
-        if uri.startswith("sqlite:"):
-            location = (default_home() / "mlartifacts").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-    mlflow.set_experiment(EXPERIMENT)
+    use_experiment(EXPERIMENT, tracking_uri)
     with mlflow.start_run(run_name=f"benchmark-{summary['dataset']}") as run:
         params = {f"config.{k}": v for k, v in summary["config"].items() if k != "featurizer"}
         params.update({f"featurizer.{k}": v for k, v in summary["config"]["featurizer"].items()})

@@ -1,0 +1,242 @@
+"""The learning loop: train from logs, gate, register, roll back (MLflow: SQLite, PostgreSQL)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router.bundle import PolicyBundle, train_bundle
+from router.errors import DatasetError, PolicyError
+from router.events import FileEventSink, read_events
+from router.events.join import join_events
+from router.policy.base import Policy, RewardSpec
+from training import registry
+from training.datasets import RoutingDataset
+from training.promote import GateConfig
+from training.retrain import RetrainConfig, retrain
+from training.simulate import expected_point
+from training.traffic import simulate_events
+from training.train import load_events, parse_since, select_learnable, train_from_logs
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# a routing profile of six models (cheap to strong): enough overlap for off-policy evaluation
+# of a near-greedy candidate on a few hundred held-out decisions of a uniform logger
+SIX = [
+    "gemini-1.5-flash-002",
+    "DeepSeek-Coder-V2",
+    "Meta-Llama-3_1-70B-Instruct",
+    "gemini-1.5-pro-002",
+    "Phi-3-mini-4k-instruct",
+    "Mistral-7B-Instruct-v0.2",
+]
+
+
+@pytest.fixture(scope="module")
+def cold(small: RoutingDataset) -> PolicyBundle:
+    """A new deployment: features and cost model fitted, the policy knows nothing yet."""
+    return train_bundle(small, cold_start=True, policy_params={"learning_rate": 0.5})
+
+
+@pytest.fixture(scope="module")
+def logs(
+    tmp_path_factory: pytest.TempPathFactory, cold: PolicyBundle, bundled: RoutingDataset
+) -> Path:
+    """3,000 decisions of the cold-start policy among six models of the bundled train split,
+    90% of them rated."""
+    directory = tmp_path_factory.mktemp("events")
+    with FileEventSink(directory, queue_size=50_000, put_timeout_s=5.0) as sink:
+        for event in simulate_events(
+            cold, bundled.split("train"), 3000, seed=3, feedback_share=0.9, models=SIX
+        ):
+            sink.emit(event)
+    return directory
+
+
+@pytest.fixture()
+def sqlite_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture()
+def postgres_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh PostgreSQL database as MLflow's tracking and registry store."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({exc})")
+    name = f"polyroute_mlflow_{uuid.uuid4().hex[:10]}"
+    admin.execute(f"CREATE DATABASE {name}")
+    monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+# ---- pieces -------------------------------------------------------------------------------
+def test_parse_since_forms() -> None:
+    assert parse_since(None) is None
+    assert parse_since("1700000000") == 1_700_000_000.0
+    assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_since("2023-11-14T22:13:20Z") == 1_700_000_000.0
+    with pytest.raises(DatasetError, match="--since: expected"):
+        parse_since("yesterday")
+
+
+def test_load_events_names_a_bad_source(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not a directory"):
+        list(load_events(tmp_path / "missing"))
+    with pytest.raises(DatasetError, match="no event files"):
+        list(load_events(tmp_path))
+
+
+def test_select_learnable_counts_what_it_leaves_out(logs: Path, cold: PolicyBundle) -> None:
+    joined = join_events(read_events(logs))
+    joined.loc[joined.index[:5], "has_outcome"] = False
+    joined.loc[joined.index[5:8], "feature_version"] = "features-other"
+    spec = RewardSpec(w_cost=0.5, cost_scale=cold.reward.cost_scale)
+    rows = select_learnable(joined, cold.featurizer.version_, spec, cold.catalogue.names)
+    assert rows.excluded == {"no_outcome": 5, "other_feature_version": 3}
+    assert len(rows.frame) == len(joined) - 8
+    # the reward is recomputed from the raw components with the requested weights
+    f = rows.frame
+    expected = f["quality"] - 0.5 * f["cost_usd"] / spec.cost_scale
+    np.testing.assert_allclose(f["reward"], expected, atol=1e-12)
+    imputed = f["quality_imputed"].to_numpy()
+    assert imputed.any() and (f.loc[imputed, "quality"] == 0.0).all()  # the default quality
+
+
+def test_training_from_logs_learns(logs: Path, cold: PolicyBundle, bundled: RoutingDataset) -> None:
+    result = train_from_logs(read_events(logs), cold, holdout=0.3, seed=0)
+    assert result.stats["n_train"] + result.stats["n_holdout"] == result.stats["n_learnable"]
+    held = result.holdout_rows.frame
+    assert held["timestamp"].min() >= result.train_rows.frame["timestamp"].max()
+    # served on unseen prompts (the test split, full information), the candidate earns more
+    # reward than the cold-start policy that produced the logs
+    test = bundled.split("test").subset(np.arange(300))
+    test = dataclasses.replace(test, available=test.available & np.isin(test.model_names, SIX))
+    x = cold.featurizer.transform(test.prompts["prompt"].tolist())
+    tokens = np.nanmax(test.input_tokens, axis=1)
+    costs = cold.catalogue.expected_cost(x, tokens)
+    latencies = cold.catalogue.expected_latency(x)
+    spec = cold.reward
+
+    def value(policy: Policy) -> float:
+        cost, quality = expected_point(policy, test, x, cold.catalogue, costs, latencies)
+        return quality - spec.w_cost * cost / spec.cost_scale
+
+    assert value(result.candidate.policy) > value(cold.policy) + 0.02
+    # the reward model predicts the reward of those choices better than the mean does
+    q = result.reward_model.predict_all(held, result.candidate.catalogue.names)
+    index = {m: j for j, m in enumerate(result.candidate.catalogue.names)}
+    chosen_q = q[np.arange(len(held)), [index[m] for m in held["chosen_model"]]]
+    mse_model = float(np.mean((chosen_q - held["reward"]) ** 2))
+    mse_mean = float(np.mean((result.train_rows.frame["reward"].mean() - held["reward"]) ** 2))
+    assert mse_model < mse_mean
+
+
+def test_too_few_rows_is_a_clear_error(logs: Path, cold: PolicyBundle) -> None:
+    events = list(read_events(logs))[:30]
+    with pytest.raises(DatasetError, match="learnable decisions"):
+        train_from_logs(events, cold)
+
+
+# ---- registry, gate, rollback ---------------------------------------------------------------
+def _loop(uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path) -> None:
+    base = cold.save(tmp_path / "base")
+    config = RetrainConfig(
+        events=str(logs),
+        tracking_uri=uri,
+        base_bundle=str(base),
+        report_dir=str(tmp_path / "reports"),
+        n_bootstrap=200,
+        gate=GateConfig(margin=0.0, min_ess=50),
+    )
+    first = retrain(config)
+    # the cold-start champion is registered first (version 1), the candidate is version 2
+    assert first.champion_version == "1" and first.version == "2"
+    assert first.decision.promote, first.decision.reason
+    assert first.decision.low > 0.0
+    assert registry.alias_version("champion", tracking_uri=uri) == "2"
+    assert first.report.is_file() and "<html" in first.report.read_text()[:200].lower()
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(first.run_id)
+    assert run.data.tags["gate.decision"] == "promoted"
+    assert run.data.params["join_window_s"] == "3600.0"
+    assert run.data.metrics["n_train"] > 0 and "candidate.ess" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(first.run_id)}
+    assert "estimates.csv" in artifacts
+    report_files = [a.path for a in client.list_artifacts(first.run_id, "evaluation")]
+    assert any(p.endswith(".html") for p in report_files)
+    loaded = registry.load_bundle("2", tracking_uri=uri)
+    assert loaded.version == registry.load_bundle("2", tracking_uri=uri).version
+
+    # a gate that cannot be met: the candidate stays @challenger and the reason says why
+    strict = RetrainConfig(**{**config.__dict__, "gate": GateConfig(min_ess=1e9)})
+    second = retrain(strict)
+    assert not second.decision.promote
+    assert "effective sample size" in second.decision.reason
+    assert registry.alias_version("champion", tracking_uri=uri) == "2"
+    assert registry.alias_version("challenger", tracking_uri=uri) == second.version
+    version = client.get_model_version(registry.MODEL_NAME, second.version)
+    assert "effective sample size" in version.tags["challenger.reason"]
+
+    # rollback: @champion goes back to the cold start, then there is nothing further back
+    assert registry.rollback(tracking_uri=uri) == ("2", "1")
+    assert registry.alias_version("champion", tracking_uri=uri) == "1"
+    assert registry.champion_history(tracking_uri=uri) == ["1"]
+    with pytest.raises(PolicyError, match="no earlier champion"):
+        registry.rollback(tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_retrain_gate_and_rollback_sqlite(
+    sqlite_uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path
+) -> None:
+    _loop(sqlite_uri, logs, cold, tmp_path)
+
+
+@pytest.mark.slow
+def test_retrain_gate_and_rollback_postgres(
+    postgres_uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path
+) -> None:
+    _loop(postgres_uri, logs, cold, tmp_path)
+
+
+def test_retrain_without_champion_or_base_says_what_to_do(sqlite_uri: str, logs: Path) -> None:
+    with pytest.raises(PolicyError, match="--base"):
+        retrain(RetrainConfig(events=str(logs), tracking_uri=sqlite_uri))
+
+
+def test_pyfunc_model_routes_prompts(sqlite_uri: str, cold: PolicyBundle) -> None:
+    import mlflow
+
+    with registry.start_training_run(sqlite_uri, "pyfunc"):
+        version = registry.log_bundle(cold)
+    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
+    out = model.predict(pd.DataFrame({"prompt": ["What is 2 + 2?", "Name a prime > 10."]}))
+    assert list(out.columns) == ["model", "probability", "pmf"]
+    assert set(out["model"]) <= set(cold.catalogue.names)
+    pmf = json.loads(out["pmf"].iloc[0])
+    assert abs(sum(pmf.values()) - 1.0) < 1e-6
+    source = registry.MlflowBundleSource(sqlite_uri)
+    assert source.current_version() is None  # no alias yet
+    registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
+    assert source.current_version() == version
+    assert source.load(version).version == cold.version

@@ -1,0 +1,170 @@
+"""The learning-loop commands of ``polyroute``: ``train``, ``rollback``, ``policy``, ``demo``.
+
+Kept apart from ``router.cli`` (the service's commands) and imported lazily: nothing here
+imports MLflow until a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.promote import GateConfig
+    from training.retrain import RetrainConfig, retrain
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = RetrainConfig(
+        events=args.events,
+        since=args.since,
+        tracking_uri=args.tracking_uri,
+        model_name=args.model_name,
+        base_bundle=args.base,
+        warm_start=not args.from_scratch,
+        holdout=args.holdout,
+        join_window_s=args.join_window_s,
+        default_quality=args.default_quality,
+        w_cost=args.w_cost,
+        w_latency=args.w_latency,
+        gate=GateConfig(margin=args.margin, min_ess=args.min_ess, estimator=args.estimator),
+        report_dir=args.report_dir,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        promote=not args.no_promote,
+    )
+    outcome = retrain(config)
+    print(
+        json.dumps(
+            {
+                "run_id": outcome.run_id,
+                "version": outcome.version,
+                "alias": outcome.alias,
+                "promoted": outcome.decision.promote,
+                "reason": outcome.decision.reason,
+                "report": str(outcome.report),
+                "champion_before": outcome.champion_version,
+                "n_train": outcome.stats.get("n_train"),
+                "n_holdout": outcome.stats.get("n_holdout"),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    import mlflow
+
+    from training import registry
+
+    with registry.start_training_run(args.tracking_uri, "rollback"):
+        before, after = registry.rollback(args.model_name, args.tracking_uri, args.reason)
+        mlflow.set_tags({"rollback.from": before, "rollback.to": after, "reason": args.reason})
+    print(json.dumps({"champion_was": before, "champion_now": after, "reason": args.reason}))
+    return 0
+
+
+def _policy_status(args: argparse.Namespace) -> int:
+    from training import registry
+
+    status: dict[str, Any] = {"model": args.model_name}
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        status[alias] = registry.alias_version(alias, args.model_name, args.tracking_uri)
+    status["champion_history"] = registry.champion_history(args.model_name, args.tracking_uri)
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.demo import run_demo
+    from training.loop import LoopConfig
+    from training.promote import GateConfig
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    config = LoopConfig(
+        rounds=args.rounds,
+        requests_per_round=args.requests,
+        models=args.models.split(",") if args.models else None,
+        feedback_share=args.feedback_share,
+        gate=GateConfig(margin=args.margin, min_ess=args.min_ess),
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+    )
+    summary = run_demo(
+        Path(args.out),
+        Path(args.work_dir),
+        config,
+        offline=args.offline,
+        concurrency=args.concurrency,
+    )
+    final = summary["final"]
+    print(
+        f"final champion test reward {final['final'][0]:.3f} vs cold start {final['cold'][0]:.3f}; "
+        f"results in {args.out}/demo.md, demo.json, demo_reward.png, demo_quality_cost.png"
+    )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``train``, ``rollback`` and ``policy`` on the ``polyroute`` subparsers."""
+
+    def registry_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--tracking-uri", help="MLflow tracking/registry URI (default: embedded SQLite)"
+        )
+        parser.add_argument("--model-name", default="polyroute-policy")
+
+    train = sub.add_parser(
+        "train", help="retrain the policy from logged events; evaluate, register and gate it"
+    )
+    train.add_argument(
+        "--events", required=True, help="event directory (file sink) or postgresql:// DSN"
+    )
+    train.add_argument("--since", help="unix seconds, ISO 8601 time or a duration ago (24h, 7d)")
+    train.add_argument("--base", help="bundle that produced the logs, when no @champion exists")
+    train.add_argument("--from-scratch", action="store_true", help="do not warm-start")
+    train.add_argument("--holdout", type=float, default=0.3, help="latest share kept for OPE")
+    train.add_argument("--join-window-s", type=float, default=3600.0)
+    train.add_argument("--default-quality", type=float, default=0.0)
+    train.add_argument("--w-cost", type=float, help="reward cost weight (default: champion's)")
+    train.add_argument("--w-latency", type=float)
+    train.add_argument("--margin", type=float, default=0.0, help="gate: required improvement")
+    train.add_argument("--min-ess", type=float, default=200.0, help="gate: min effective n")
+    train.add_argument("--estimator", default="dr", choices=("dr", "snipw", "ipw", "switch_dr"))
+    train.add_argument("--n-bootstrap", type=int, default=1000)
+    train.add_argument("--report-dir", default=".polyroute/reports")
+    train.add_argument("--no-promote", action="store_true", help="register as @challenger only")
+    train.add_argument("--seed", type=int, default=0)
+    registry_options(train)
+    train.set_defaults(func=_train)
+
+    rollback = sub.add_parser("rollback", help="move @champion back to the previous champion")
+    rollback.add_argument("--reason", default="operator rollback")
+    registry_options(rollback)
+    rollback.set_defaults(func=_rollback)
+
+    demo = sub.add_parser(
+        "demo", help="the closed learning loop: replay backends, gateway, SDK traffic, retraining"
+    )
+    demo.add_argument("--rounds", type=int, default=5)
+    demo.add_argument("--requests", type=int, default=1000, help="requests per round")
+    demo.add_argument("--models", help="comma-separated models (default: six of the sample)")
+    demo.add_argument("--feedback-share", type=float, default=0.9)
+    demo.add_argument("--margin", type=float, default=0.0)
+    demo.add_argument("--min-ess", type=float, default=50.0)
+    demo.add_argument("--n-bootstrap", type=int, default=500)
+    demo.add_argument("--concurrency", type=int, default=8)
+    demo.add_argument("--offline", action="store_true", help="simulate traffic in-process")
+    demo.add_argument("--out", default="experiments/results/demo")
+    demo.add_argument("--work-dir", default=".polyroute/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+
+    policy = sub.add_parser("policy", help="registered policy versions: champion, challenger")
+    registry_options(policy)
+    policy.set_defaults(func=_policy_status)

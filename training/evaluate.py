@@ -1,0 +1,549 @@
+"""Off-policy evaluation of candidate policies on the gateway's logged decisions (DESIGN.md §5).
+
+For every joined decision that can be learned from (no rule override, an outcome, the policies'
+feature version), each policy is replayed on the logged request: its pmf over the logged
+eligible models is computed from the logged context features and :class:`Action` objects
+rebuilt from the logged action features. With the logged chosen model ``a_i`` and its logging
+probability ``p_i`` (the pscore), the importance weight is ``w_i = π(a_i | x_i) / p_i`` and the
+estimators of :mod:`training.ope` (IPS, SNIPS, DM, DR, Switch-DR, ...) give the policy's value
+with bootstrap and Gaussian intervals, for three targets: ``reward``, ``quality``, ``cost_usd``.
+
+Reward. Raw components are logged, so the reward is recomputed offline with each policy's own
+reward spec: ``quality - w_cost * cost / cost_scale - w_latency * latency / latency_scale``.
+The reward model (:class:`training.reward_model.RewardModel`, cross-fitted) predicts quality,
+cost and latency separately, and q̂ of a reward is the same linear combination, so DR of the
+reward is exactly the combination of the DRs of its parts. Baselines use the reference spec
+(the first policy's, or ``reward_spec``); policies with another spec are flagged in ``notes``.
+
+Rebuilt actions. Logged action features are each model's static features
+(:data:`router.policy.actions.ACTION_FEATURES`: log prices, TTFT, speed, context window). The
+expected cost and latency a policy saw are rebuilt from them with the policy's own
+output-length model (its bundle's catalogue) and the request's input tokens (the outcome's
+count; the gateway estimated it from the text length, so this is close, not exact).
+
+Baselines: ``logging`` (the logged pmf: its IPS value is the mean observed reward), ``uniform``
+over eligible models, ``cheapest`` (lowest rebuilt expected cost).
+
+Paired comparison: :meth:`PolicyEvaluation.improvement` bootstraps the per-round differences of
+two policies' terms over the same resampled decisions (OBP's bootstrap, Saito et al. 2021,
+"Open Bandit Dataset and Pipeline", NeurIPS Datasets), with a Gaussian interval beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import numpy as np
+import pandas as pd
+
+from router.bundle import PolicyBundle
+from router.errors import DatasetError, PolicyError
+from router.events.join import join_events
+from router.events.models import Event
+from router.policy.actions import ACTION_FEATURES, ActionCatalogue
+from router.policy.base import Action, RewardSpec
+from training import ope
+from training.ope_intervals import bootstrap_means, gaussian_interval
+from training.reward_model import RewardModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ESTIMATORS = ("ipw", "snipw", "dm", "dr", "switch_dr")
+BASELINES = ("logging", "uniform", "cheapest")
+TARGETS = ("reward", "quality", "cost_usd")
+ESTIMATOR_NAMES = ope.ESTIMATORS
+_STATS = ("value", "boot_low", "boot_high", "boot_mean", "gauss_low", "gauss_high")
+
+
+class PolicyLike(Protocol):
+    reward: RewardSpec
+
+    def predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray: ...
+
+
+@dataclass
+class PolicyEvaluation:
+    """What :func:`evaluate_policies` found.
+
+    Attributes
+    ----------
+    estimates : DataFrame indexed by (policy, estimator, target)
+        Columns ``value, boot_low, boot_high, boot_mean, gauss_low, gauss_high``.
+    diagnostics : dict policy -> dict
+        ``n, ess, ess_ratio, max_weight, n_weight_above_lambda, action_counts`` (logged
+        chosen-model counts), ``target_share`` (mean pmf per model), ``support_deficit`` (mean
+        mass on models the logger gave probability 0), ``reward_spec``, ``kind``, ``warnings``.
+    traffic : DataFrame, time bucket (UTC) x model
+        Share of logged decisions per model (all decisions, overrides included).
+    n : int
+        Decisions evaluated.
+    n_excluded : dict reason -> count
+    notes : list of str
+        Exclusions and reward-spec caveats, in words.
+    models : the model list of the action index; ``event_ids`` the evaluated decisions (rows).
+    action_dist : dict policy -> ndarray, shape (n, len(models))
+        Each policy's pmf on each evaluated decision (0 on models not eligible there).
+    terms : dict (policy, target) -> DataFrame, shape (n, n_estimators)
+        Per-round terms (:func:`round_terms`); their column means are the estimates.
+    """
+
+    estimates: pd.DataFrame
+    diagnostics: dict[str, dict[str, Any]]
+    traffic: pd.DataFrame
+    n: int
+    n_excluded: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list, repr=False)
+    action_dist: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    terms: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict, repr=False)
+    alpha: float = 0.05
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+    @property
+    def policies(self) -> list[str]:
+        return list(self.diagnostics)
+
+    def table(self, target: str = "reward") -> pd.DataFrame:
+        """Estimates of one target, indexed by (policy, estimator)."""
+        return cast(pd.DataFrame, self.estimates.xs(target, level="target"))
+
+    def round_terms(self, policy: str, estimator: str = "dr", target: str = "reward") -> np.ndarray:
+        """The per-round terms of ``policy`` whose mean is its ``estimator`` value, shape (n,)
+        (:func:`training.ope.round_terms`: e.g. ``w r`` for IPW, ``q̂(x, π) + w (r - q̂_a)``
+        for DR), aligned with :attr:`event_ids`."""
+        if (policy, target) not in self.terms:
+            raise KeyError(f"no evaluated policy {policy!r} / target {target!r}")
+        return self.terms[(policy, target)][estimator].to_numpy()
+
+    def improvement(
+        self, candidate: str, baseline: str, estimator: str = "dr", target: str = "reward"
+    ) -> dict[str, Any]:
+        """``V(candidate) - V(baseline)`` with a paired bootstrap interval.
+
+        The per-round differences ``d_i = term_i(candidate) - term_i(baseline)`` are resampled
+        with the same indices for both policies (:func:`training.ope_intervals.bootstrap_means`
+        with this evaluation's ``n_bootstrap`` and ``seed``: the resamples of the marginal
+        intervals), so what the two policies share cancels; the Gaussian interval uses
+        ``se = std(d) / sqrt(n)``.
+
+        Returns
+        -------
+        dict with ``delta, low, high`` (bootstrap percentiles), ``se, gauss_low, gauss_high``,
+        ``estimator, target, n, alpha, same_reward_spec``.
+        """
+        d = self.round_terms(candidate, estimator, target) - self.round_terms(
+            baseline, estimator, target
+        )
+        n = len(d)
+        means = bootstrap_means(d, self.n_bootstrap, self.seed)
+        se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+        gauss_low, gauss_high = gaussian_interval(d, alpha=self.alpha)
+        delta = float(d.mean())
+        specs = [self.diagnostics[p].get("reward_spec") for p in (candidate, baseline)]
+        return {
+            "delta": delta,
+            "low": float(np.percentile(means, 100 * self.alpha / 2)),
+            "high": float(np.percentile(means, 100 * (1 - self.alpha / 2))),
+            "se": se,
+            "gauss_low": gauss_low,
+            "gauss_high": gauss_high,
+            "estimator": estimator,
+            "target": target,
+            "n": n,
+            "alpha": self.alpha,
+            "same_reward_spec": specs[0] == specs[1],
+        }
+
+
+# ---- the policies to evaluate ----------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    name: str
+    kind: str  # "policy" or "baseline"
+    policy: PolicyLike | None
+    catalogue: ActionCatalogue | None
+    feature_version: str | None
+    reward: RewardSpec | None
+
+
+def _target(name: str, item: Any) -> _Target:
+    if isinstance(item, PolicyBundle):
+        return _Target(
+            name, "policy", item.policy, item.catalogue, item.featurizer.version_, item.reward
+        )
+    if not callable(getattr(item, "predict_one", None)):
+        raise PolicyError(f"policy {name!r}: expected a PolicyBundle or a policy with predict_one")
+    return _Target(name, "policy", item, None, None, getattr(item, "reward", None))
+
+
+# ---- rebuilt actions --------------------------------------------------------------------------
+def rebuild_actions(
+    context: np.ndarray,
+    models: Sequence[str],
+    action_features: Sequence[Sequence[float]],
+    input_tokens: float,
+    catalogue: ActionCatalogue | None,
+    default_output_tokens: float,
+) -> list[Action]:
+    """The :class:`Action` objects of one logged decision, as the policy would have built them.
+
+    Prices, TTFT and speed come from the logged action features (inverse of the transforms in
+    :class:`ActionCatalogue`); output tokens from ``catalogue``'s output-length model when it
+    knows the model and the context has its width, else ``default_output_tokens``.
+    """
+    f = np.asarray(action_features, dtype=float)
+    if f.ndim != 2 or f.shape[1] != len(ACTION_FEATURES):
+        raise DatasetError(
+            f"action_features: expected {len(ACTION_FEATURES)} columns {ACTION_FEATURES}, "
+            f"got shape {f.shape}"
+        )
+    col = {name: j for j, name in enumerate(ACTION_FEATURES)}
+    price_in = np.expm1(f[:, col["log_usd_in"]]) / 1e6
+    price_out = np.expm1(f[:, col["log_usd_out"]]) / 1e6
+    ttft = np.exp(f[:, col["log_ttft"]]) - 1.0
+    speed = np.exp(f[:, col["log_speed"]])
+    out_tokens = np.full(len(models), float(default_output_tokens))
+    coef = getattr(catalogue, "token_coef_", None)
+    if catalogue is not None and coef is not None and coef.shape[0] == len(context):
+        predicted = catalogue.expected_output_tokens(context)
+        for j, name in enumerate(models):
+            if name in catalogue.index:
+                out_tokens[j] = predicted[catalogue.index[name]]
+    cost = input_tokens * price_in + out_tokens * price_out
+    latency = ttft + out_tokens / speed * 1000.0
+    return [
+        Action(
+            model=m,
+            features=f[j],
+            expected_cost=float(cost[j]),
+            expected_latency_ms=float(latency[j]),
+        )
+        for j, m in enumerate(models)
+    ]
+
+
+# ---- data preparation -------------------------------------------------------------------------
+def traffic_share(frame: pd.DataFrame, bucket: str | None = None) -> pd.DataFrame:
+    """Share of decisions per chosen model per time bucket (rows sum to 1).
+
+    ``bucket`` is a pandas frequency; default: the smallest of 1min .. 1D giving <= 48 buckets.
+    """
+    if frame.empty:
+        return pd.DataFrame()
+    times = pd.to_datetime(frame["timestamp"].to_numpy(float), unit="s", utc=True)
+    if bucket is None:
+        span = (times.max() - times.min()).total_seconds()
+        choices = (("1min", 60), ("5min", 300), ("15min", 900), ("1h", 3600), ("6h", 21600))
+        bucket = next((name for name, s in choices if span / s <= 48), "1D")
+    counts = pd.crosstab(times.floor(bucket), frame["chosen_model"].to_numpy())
+    share = counts.div(counts.sum(axis=1), axis=0)
+    share.index.name, share.columns.name = "time", "model"
+    share.attrs["bucket"] = bucket
+    return share
+
+
+def _select_rows(
+    frame: pd.DataFrame, targets: list[_Target], models: list[str] | None
+) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
+    """The learnable rows with an outcome and the policies' feature version; counts the rest."""
+    excluded: dict[str, int] = {}
+    notes: list[str] = []
+
+    def drop(mask: np.ndarray, reason: str, note: str) -> None:
+        nonlocal frame
+        count = int(mask.sum())
+        if count:
+            excluded[reason] = excluded.get(reason, 0) + count
+            notes.append(f"{count} decision(s) excluded: {note}")
+            frame = frame[~mask]
+
+    drop(~frame["learnable"].to_numpy(bool), "not_learnable", "a rule overrode the policy (p=1)")
+    drop(~frame["has_outcome"].to_numpy(bool), "no_outcome", "no outcome within the join window")
+    values = frame[["quality", "cost_usd", "latency_ms"]].to_numpy(float)
+    drop(~np.isfinite(values).all(axis=1), "missing_outcome_values", "non-finite quality/cost")
+    versions = {t.feature_version for t in targets if t.feature_version is not None}
+    if len(versions) > 1:
+        detail = {t.name: t.feature_version for t in targets if t.feature_version}
+        raise PolicyError(
+            f"policies use different feature versions {detail}: the logged context features "
+            "can only be read by one of them; evaluate them on logs of their own featurizer"
+        )
+    logged = Counter(frame["feature_version"])
+    wanted = versions.pop() if versions else (logged.most_common(1)[0][0] if logged else None)
+    other = sorted(v for v in logged if v != wanted)
+    drop(
+        (frame["feature_version"] != wanted).to_numpy(),
+        "feature_version_mismatch",
+        f"logged with feature version(s) {other}, the policies need {wanted!r}",
+    )
+    if models is not None:
+        known = set(models)
+        outside = np.array([not set(names) <= known for names in frame["eligible_models"]], bool)
+        drop(outside, "model_outside_list", f"an eligible model is not in models={models}")
+    if frame.empty:
+        raise DatasetError(
+            "no logged decision is left to evaluate: " + ("; ".join(notes) or "the log is empty")
+        )
+    return frame.reset_index(drop=True), excluded, notes
+
+
+def _scatter(frame: pd.DataFrame, index: dict[str, int], values: Iterable[Any]) -> np.ndarray:
+    """Per-row pmfs over each row's eligible models -> ``(n, K)`` over the full model list."""
+    out = np.zeros((len(frame), len(index)))
+    for i, (names, pmf) in enumerate(zip(frame["eligible_models"], values, strict=True)):
+        out[i, [index[m] for m in names]] = pmf
+    return out
+
+
+def _fill(values: np.ndarray) -> np.ndarray:
+    """Non-positive or NaN token counts replaced by the median of the reported ones (or 0)."""
+    ok = np.isfinite(values) & (values > 0)
+    return np.where(ok, values, float(np.median(values[ok])) if ok.any() else 0.0)
+
+
+def _policy_pmfs(
+    frame: pd.DataFrame, target: _Target, catalogue: ActionCatalogue | None, index: dict[str, int]
+) -> np.ndarray:
+    tokens = _fill(frame["input_tokens"].to_numpy(float))  # 0: the upstream did not report
+    default_tokens = float(np.median(_fill(frame["output_tokens"].to_numpy(float))))
+    pmfs = []
+    columns = zip(
+        frame["eligible_models"].tolist(),
+        frame["probabilities"].tolist(),
+        frame["context_features"].tolist(),
+        frame["action_features"].tolist(),
+        tokens,
+        strict=True,
+    )
+    for names, logged, context_list, features, n_tokens in columns:
+        if target.name == "logging":
+            pmfs.append(np.asarray(logged, float))
+            continue
+        if target.name == "uniform":
+            pmfs.append(np.full(len(names), 1.0 / len(names)))
+            continue
+        context = np.asarray(context_list, float)
+        actions = rebuild_actions(
+            context, list(names), features, n_tokens, target.catalogue or catalogue, default_tokens
+        )
+        if target.name == "cheapest":
+            cost = np.array([a.expected_cost for a in actions])
+            best = cost <= cost.min() + 1e-15
+            pmfs.append(best / best.sum())
+            continue
+        assert target.policy is not None
+        pmfs.append(target.policy.predict_one(context, actions))
+    return _scatter(frame, index, pmfs)
+
+
+def _outcome_models(
+    frame: pd.DataFrame, models: list[str], prototype: RewardModel, n_folds: int, need: set[str]
+) -> dict[str, np.ndarray]:
+    """Cross-fitted q̂ ``(n, K)`` of each needed outcome column."""
+    return {
+        column: prototype.with_target(column).cross_fit(frame, models, n_folds=n_folds)
+        for column in sorted(need)
+    }
+
+
+def evaluate_policies(
+    joined: pd.DataFrame | Iterable[Event],
+    policies: dict[str, Any],
+    *,
+    models: list[str] | None = None,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    baselines: Sequence[str] = BASELINES,
+    alpha: float = 0.05,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    min_ess: float = 100.0,
+    min_ess_ratio: float = 0.05,
+    max_weight: float = 100.0,
+    switch_lambda: float = 5.0,
+    dros_lambda: float = 10.0,
+    reward_model: RewardModel | None = None,
+    n_folds: int = 2,
+    reward_spec: RewardSpec | None = None,
+    join_window_s: float = 3600.0,
+    default_quality: float = 0.0,
+) -> PolicyEvaluation:
+    """Evaluate ``policies`` (name -> :class:`PolicyBundle` or policy) and baselines off-policy.
+
+    Parameters
+    ----------
+    joined : DataFrame from :func:`router.events.join.join_events`, or raw events (joined here
+        with ``join_window_s`` and ``default_quality``).
+    models : the full model list (action index space); default: every logged eligible model.
+    estimators : rows of :func:`training.ope.estimate_policy_value` to keep.
+    baselines : any of ``logging``, ``uniform``, ``cheapest``.
+    min_ess, min_ess_ratio, max_weight : diagnostics thresholds that add a warning.
+    reward_model : prototype of the cross-fitted reward models (one per outcome column); its
+        parameters are used with ``target`` replaced. Default ``RewardModel(seed=seed)``.
+    reward_spec : the reward of the baselines; default: the first policy's.
+    switch_lambda, dros_lambda : λ of Switch-DR and DRos (:mod:`training.ope`).
+    n_folds : folds of the reward model's cross-fitting.
+
+    Raises
+    ------
+    PolicyError
+        Policies of different feature versions, or an unknown baseline / estimator.
+    DatasetError
+        When no logged decision is left to evaluate (the message says why).
+    """
+    unknown = [e for e in estimators if e not in ESTIMATOR_NAMES]
+    if unknown:
+        raise PolicyError(f"estimators: unknown {unknown}; expected some of {ESTIMATOR_NAMES}")
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise PolicyError(f"baselines: unknown {bad}; expected some of {BASELINES}")
+    clash = [b for b in baselines if b in policies]
+    if clash:
+        raise PolicyError(f"policy name(s) {clash} are reserved for baselines; rename them")
+    frame = (
+        joined
+        if isinstance(joined, pd.DataFrame)
+        else join_events(joined, join_window_s, default_quality)
+    )
+    targets = [_target(name, item) for name, item in policies.items()]
+    traffic = traffic_share(frame)
+    frame, excluded, notes = _select_rows(frame, targets, models)
+    if models is None:
+        models = sorted({m for names in frame["eligible_models"] for m in names})
+    index = {m: j for j, m in enumerate(models)}
+    n = len(frame)
+    if n < 2 * n_folds:
+        raise DatasetError(
+            f"only {n} decision(s) left to evaluate: cross-fitting the reward model over "
+            f"{n_folds} folds needs at least {2 * n_folds}"
+        )
+
+    reference = reward_spec or next((t.reward for t in targets if t.reward is not None), None)
+    targets += [_Target(b, "baseline", None, None, None, reference) for b in baselines]
+    for t in targets:
+        if t.kind == "policy" and reference is not None and t.reward != reference:
+            notes.append(
+                f"{t.name!r} is evaluated with its own reward spec {t.reward}, not the "
+                f"reference {reference}: compare its quality and cost, not its reward"
+            )
+    if reference is None:
+        notes.append("no reward spec given: the reward is the one logged with each decision")
+    catalogue = next((t.catalogue for t in targets if t.catalogue is not None), None)
+
+    # q̂ of the outcome columns the rewards are made of, cross-fitted
+    need = {"quality", "cost_usd"}
+    if any(t.reward is not None and t.reward.w_latency > 0 for t in targets):
+        need.add("latency_ms")
+    if any(t.reward is None for t in targets):
+        need.add("reward")
+    prototype = reward_model or RewardModel(seed=seed)
+    q_hat = _outcome_models(frame, models, prototype, n_folds, need)
+    observed = {
+        c: frame[c].to_numpy(float) for c in ("quality", "cost_usd", "latency_ms", "reward")
+    }
+
+    def outcome(target_name: str, spec: RewardSpec | None) -> tuple[np.ndarray, np.ndarray]:
+        if target_name != "reward":
+            return observed[target_name], q_hat[target_name]
+        if spec is None:
+            return observed["reward"], q_hat["reward"]
+        zero = np.zeros((n, len(models)))
+        r = spec.reward(observed["quality"], observed["cost_usd"], observed["latency_ms"])
+        q = spec.reward(q_hat["quality"], q_hat["cost_usd"], q_hat.get("latency_ms", zero))
+        return np.asarray(r, float), np.asarray(q, float)
+
+    action = np.array([index[m] for m in frame["chosen_model"]])
+    pscore = frame["chosen_probability"].to_numpy(float)
+    logged_pmf = _scatter(frame, index, frame["probabilities"])
+    rows: list[pd.DataFrame] = []
+    diagnostics: dict[str, dict[str, Any]] = {}
+    terms: dict[tuple[str, str], pd.DataFrame] = {}
+    action_dist: dict[str, np.ndarray] = {}
+    for t in targets:
+        dist = action_dist[t.name] = _policy_pmfs(frame, t, catalogue, index)
+        for target_name in TARGETS:
+            r, q = outcome(target_name, t.reward)
+            est = ope.estimate_policy_value(
+                action, r, pscore, dist, q, alpha=alpha, n_bootstrap=n_bootstrap,
+                seed=seed, switch_lambda=switch_lambda, dros_lambda=dros_lambda,
+            )  # fmt: skip
+            est = est.loc[[e for e in estimators if e in est.index], list(_STATS)]
+            est.index = pd.MultiIndex.from_tuples(
+                [(t.name, e, target_name) for e in est.index],
+                names=["policy", "estimator", "target"],
+            )
+            rows.append(est)
+            data = ope.check_ope_inputs(action, r, pscore, dist, q)
+            lambdas = {"switch_dr": switch_lambda, "dros": dros_lambda}
+            terms[(t.name, target_name)] = pd.DataFrame(
+                {e: ope.round_terms(e, data, lambdas.get(e, np.inf)) for e in estimators}
+            )
+        diagnostics[t.name] = _diagnose(
+            t, action, pscore, dist, logged_pmf, models, switch_lambda,
+            min_ess, min_ess_ratio, max_weight,
+        )  # fmt: skip
+    estimates = pd.concat(rows)
+    for note in notes:
+        logger.info(note)
+    return PolicyEvaluation(
+        estimates=estimates,
+        diagnostics=diagnostics,
+        traffic=traffic,
+        n=n,
+        n_excluded=excluded,
+        notes=notes,
+        models=models,
+        event_ids=frame["event_id"].tolist(),
+        action_dist=action_dist,
+        terms=terms,
+        alpha=alpha,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+
+
+def _diagnose(
+    t: _Target,
+    action: np.ndarray,
+    pscore: np.ndarray,
+    dist: np.ndarray,
+    logged_pmf: np.ndarray,
+    models: list[str],
+    switch_lambda: float,
+    min_ess: float,
+    min_ess_ratio: float,
+    max_weight: float,
+) -> dict[str, Any]:
+    diag = dict(ope.diagnostics(action, pscore, dist, switch_lambda=switch_lambda))
+    counts = np.bincount(action, minlength=len(models))
+    diag["action_counts"] = {m: int(c) for m, c in zip(models, counts, strict=True)}
+    diag["target_share"] = {m: float(s) for m, s in zip(models, dist.mean(axis=0), strict=True)}
+    deficit = float(np.where(logged_pmf <= 0, dist, 0.0).sum(axis=1).mean())
+    diag["support_deficit"] = deficit
+    diag["kind"] = t.kind
+    diag["reward_spec"] = None if t.reward is None else dict(t.reward.__dict__)
+    diag["feature_version"] = t.feature_version
+    warnings = []
+    ess, ratio, wmax = float(diag["ess"]), float(diag["ess_ratio"]), float(diag["max_weight"])
+    if ess < min_ess:
+        warnings.append(f"effective sample size {ess:.0f} < {min_ess:.0f}: intervals unreliable")
+    if ratio < min_ess_ratio:
+        warnings.append(
+            f"ESS is {100 * ratio:.1f}% of the decisions (< {100 * min_ess_ratio:.0f}%): the "
+            "policy rarely agrees with the logging policy"
+        )
+    if wmax > max_weight:
+        warnings.append(f"max importance weight {wmax:.1f} > {max_weight:.0f}: IPS is volatile")
+    if deficit > 0.01:
+        warnings.append(
+            f"{100 * deficit:.1f}% of the policy's mass is on models the logger never chose "
+            "with p > 0: IPS/DR are biased there (support deficiency)"
+        )
+    diag["warnings"] = warnings
+    return diag

@@ -1,0 +1,128 @@
+"""The promotion gate: a candidate becomes ``@champion`` only on sufficient evidence.
+
+Rule (checked in this order; the first that fails is the recorded reason):
+
+1. the evaluation has the candidate and the champion on the same held-out logged decisions;
+2. the effective sample size of the candidate's importance weights, ``(Σw)² / Σw²``, is at
+   least ``min_ess`` (with fewer, the interval below is not to be trusted: Owen 2013, §9.4);
+3. the lower bound of the ``1 - alpha`` interval of the improvement ``V(candidate) -
+   V(champion)``, estimated by ``estimator`` (default doubly robust) with a paired bootstrap over
+   the same resampled decisions, is above ``margin``.
+
+Passing all three moves ``@champion`` to the candidate; otherwise it becomes ``@challenger``.
+Either way the decision, its reason and its numbers are written to the active MLflow run
+(params ``gate.*``, metrics ``gate.*``, tag ``gate.decision``) and to the model version's tags.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from training import registry
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Parameters of the promotion gate (see the module docstring)."""
+
+    margin: float = 0.0
+    min_ess: float = 200.0
+    estimator: str = "dr"
+    alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.margin):
+            raise ValueError(f"margin must be finite, got {self.margin}")
+        if self.min_ess < 1:
+            raise ValueError(f"min_ess must be >= 1, got {self.min_ess}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    delta: float
+    low: float
+    high: float
+    ess: float
+    estimator: str
+    margin: float
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            f"gate.{k}": float(v)
+            for k, v in asdict(self).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        } | {"gate.promote": float(self.promote)}
+
+
+def gate(
+    evaluation: Any,
+    candidate: str = "candidate",
+    champion: str = "champion",
+    config: GateConfig | None = None,
+) -> GateDecision:
+    """Apply the gate to a :class:`training.evaluate.PolicyEvaluation`."""
+    config = config or GateConfig()
+    nan = float("nan")
+    if candidate not in evaluation.diagnostics or champion not in evaluation.diagnostics:
+        return GateDecision(
+            False,
+            f"the evaluation lacks {candidate!r} or {champion!r}",
+            nan,
+            nan,
+            nan,
+            nan,
+            config.estimator,
+            config.margin,
+        )
+    ess = float(evaluation.diagnostics[candidate]["ess"])
+    imp = evaluation.improvement(candidate, champion, estimator=config.estimator)
+    delta, low, high = float(imp["delta"]), float(imp["low"]), float(imp["high"])
+    level = f"{100 * (1 - config.alpha):.0f}%"
+    if ess < config.min_ess:
+        reason = (
+            f"effective sample size {ess:.0f} < {config.min_ess:.0f}: too little overlap with the "
+            f"logging policy to trust the estimate (delta {delta:+.4f}, {level} [{low:+.4f}, "
+            f"{high:+.4f}])"
+        )
+        return GateDecision(False, reason, delta, low, high, ess, config.estimator, config.margin)
+    if not low > config.margin:
+        reason = (
+            f"{config.estimator} improvement {delta:+.4f} has {level} lower bound {low:+.4f} "
+            f"<= margin {config.margin:+.4f} (ESS {ess:.0f})"
+        )
+        return GateDecision(False, reason, delta, low, high, ess, config.estimator, config.margin)
+    reason = (
+        f"{config.estimator} improvement {delta:+.4f}, {level} [{low:+.4f}, {high:+.4f}] above "
+        f"margin {config.margin:+.4f}; ESS {ess:.0f} >= {config.min_ess:.0f}"
+    )
+    return GateDecision(True, reason, delta, low, high, ess, config.estimator, config.margin)
+
+
+def apply_decision(
+    decision: GateDecision,
+    version: str,
+    model_name: str = registry.MODEL_NAME,
+    tracking_uri: str | None = None,
+) -> str:
+    """Move the alias the decision calls for and record it in MLflow; returns the alias set."""
+    import mlflow
+
+    alias = registry.CHAMPION if decision.promote else registry.CHALLENGER
+    registry.set_alias(alias, version, decision.reason, model_name, tracking_uri)
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(decision.as_metrics())
+        mlflow.set_tags(
+            {
+                "gate.decision": "promoted" if decision.promote else "not promoted",
+                "gate.reason": decision.reason[:4000],
+                "gate.alias": alias,
+                "gate.version": version,
+            }
+        )
+    return alias

@@ -1,0 +1,223 @@
+"""Policy bundles in the MLflow model registry: log, alias, load, promote history, roll back.
+
+A bundle is logged as an MLflow **pyfunc** model (``training/pyfunc_model.py``, logged as code,
+not pickled) whose only artifact is the bundle directory
+(:class:`router.bundle.PolicyBundle`), registered under one model name (default
+``polyroute-policy``). Which version serves is said by registry aliases:
+
+- ``@champion``: the version the service loads (and hot-reloads when the alias moves);
+- ``@challenger``: the last candidate that did not pass the promotion gate, or the one being
+  canaried.
+
+Every alias move is recorded twice: as a model-version tag (``promotion.*``) and in the
+registered model's ``champion_history`` tag (a JSON list of versions, oldest first), which is
+what :func:`rollback` walks back. The evidence (the evaluation report, the gate's numbers) is
+in the MLflow run that made the move (see ``training.promote``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from router.bundle import PolicyBundle
+from router.errors import PolicyError
+from training.tracking import resolve_tracking_uri, use_experiment
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "polyroute-policy"
+TRAINING_EXPERIMENT = "polyroute-training"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+_HISTORY_TAG = "champion_history"
+
+
+def quiet_mlflow() -> None:
+    """No artifact progress bars or pyfunc signature chatter in the loop's output."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("mlflow.pyfunc", "mlflow.models.model", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _client(tracking_uri: str | None) -> Any:
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _requirements() -> list[str]:
+    # explicit pins: MLflow's requirement inference would load the model in a subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("vowpalwabbit", "scikit-learn", "numpy", "pandas", "scipy", "mlflow"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:  # pragma: no cover
+            continue
+    return pins
+
+
+def log_bundle(
+    bundle: PolicyBundle,
+    model_name: str = MODEL_NAME,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log ``bundle`` as a pyfunc model in the active MLflow run and register it.
+
+    Returns the registered model version (a string, as MLflow keys versions).
+    """
+    import mlflow
+
+    if mlflow.active_run() is None:
+        raise PolicyError("log_bundle: needs an active MLflow run (mlflow.start_run())")
+    quiet_mlflow()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = bundle.save(Path(tmp) / "bundle")
+        info = mlflow.pyfunc.log_model(
+            name="policy",
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # models from code
+            artifacts={"bundle": str(path)},
+            pip_requirements=_requirements(),
+            registered_model_name=model_name,
+            await_registration_for=60,
+        )
+    version = str(info.registered_model_version)
+    client = _client(mlflow.get_tracking_uri())
+    all_tags = {"bundle_version": bundle.version, "feature_version": bundle.featurizer.version_}
+    all_tags.update(tags or {})
+    for key, value in all_tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    logger.info("registered %s version %s (%s)", model_name, version, bundle.version)
+    return version
+
+
+def alias_version(
+    alias: str, model_name: str = MODEL_NAME, tracking_uri: str | None = None
+) -> str | None:
+    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_bundle(
+    version: str, model_name: str = MODEL_NAME, tracking_uri: str | None = None
+) -> PolicyBundle:
+    """Download registered ``version`` and load its bundle (checks the bundle's own version)."""
+    import mlflow
+
+    quiet_mlflow()
+    client = _client(tracking_uri)
+    source = client.get_model_version_download_uri(model_name, version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+    found = sorted(local.rglob("bundle.json"))
+    if not found:
+        raise PolicyError(f"{model_name} version {version}: no bundle.json in {source}")
+    bundle = PolicyBundle.load(found[0].parent)
+    expected = client.get_model_version(model_name, version).tags.get("bundle_version")
+    if expected and expected != bundle.version:
+        raise PolicyError(
+            f"{model_name} version {version}: bundle is {bundle.version}, registry says {expected}"
+        )
+    return bundle
+
+
+def champion_history(model_name: str = MODEL_NAME, tracking_uri: str | None = None) -> list[str]:
+    """Versions that have been ``@champion``, oldest first (the current one last)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = _client(tracking_uri).get_registered_model(model_name)
+    except MlflowException:
+        return []
+    return list(json.loads(model.tags.get(_HISTORY_TAG, "[]")))
+
+
+def set_alias(
+    alias: str,
+    version: str,
+    reason: str,
+    model_name: str = MODEL_NAME,
+    tracking_uri: str | None = None,
+) -> None:
+    """Point ``alias`` at ``version``, recording why on the version; champion moves extend the
+    champion history."""
+    client = _client(tracking_uri)
+    client.get_model_version(model_name, version)  # raises naming the version if absent
+    client.set_registered_model_alias(model_name, alias, version)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client.set_model_version_tag(model_name, version, f"{alias}.reason", reason[:4000])
+    client.set_model_version_tag(model_name, version, f"{alias}.since", stamp)
+    if alias == CHAMPION:
+        history = champion_history(model_name, tracking_uri)
+        if not history or history[-1] != version:
+            history.append(version)
+        client.set_registered_model_tag(model_name, _HISTORY_TAG, json.dumps(history))
+    logger.info("%s@%s -> version %s: %s", model_name, alias, version, reason)
+
+
+def rollback(
+    model_name: str = MODEL_NAME, tracking_uri: str | None = None, reason: str = "rollback"
+) -> tuple[str, str]:
+    """Move ``@champion`` back to the version before the current one.
+
+    Returns ``(from_version, to_version)``. The rolled-back version leaves the history (so a
+    second rollback goes one further back) and is tagged ``rolled_back``.
+    """
+    client = _client(tracking_uri)
+    history = champion_history(model_name, tracking_uri)
+    current = alias_version(CHAMPION, model_name, tracking_uri)
+    if current is None:
+        raise PolicyError(f"{model_name}: no @{CHAMPION} to roll back")
+    if current in history:
+        history = history[: history.index(current)]
+    if not history:
+        raise PolicyError(
+            f"{model_name}: @{CHAMPION} is version {current} and no earlier champion is recorded"
+        )
+    previous = history[-1]
+    client.set_registered_model_alias(model_name, CHAMPION, previous)
+    client.set_registered_model_tag(model_name, _HISTORY_TAG, json.dumps(history))
+    client.set_model_version_tag(model_name, current, "rolled_back", reason[:4000])
+    client.set_model_version_tag(model_name, previous, f"{CHAMPION}.reason", f"{reason} (restored)")
+    logger.info("%s@%s rolled back %s -> %s: %s", model_name, CHAMPION, current, previous, reason)
+    return current, previous
+
+
+class MlflowBundleSource:
+    """Where the service's reloader finds its policy: ``models:/<model_name>@<alias>``."""
+
+    def __init__(
+        self, tracking_uri: str | None = None, model_name: str = MODEL_NAME, alias: str = CHAMPION
+    ) -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.model_name = model_name
+        self.alias = alias
+
+    def current_version(self) -> str | None:
+        return alias_version(self.alias, self.model_name, self.tracking_uri)
+
+    def load(self, version: str) -> PolicyBundle:
+        return load_bundle(version, self.model_name, self.tracking_uri)
+
+    def __repr__(self) -> str:
+        return f"MlflowBundleSource({self.model_name}@{self.alias} at {self.tracking_uri})"
+
+
+def start_training_run(tracking_uri: str | None = None, run_name: str | None = None) -> Any:
+    """Start an MLflow run in the training experiment (context manager, as mlflow.start_run)."""
+    import mlflow
+
+    use_experiment(TRAINING_EXPERIMENT, tracking_uri)
+    return mlflow.start_run(run_name=run_name)

@@ -1,0 +1,225 @@
+"""One turn of the learning loop, tracked in MLflow: ``polyroute train``.
+
+champion (registry) ─▶ train from logs ─▶ off-policy evaluation on the held-out latest logs ─▶
+HTML report ─▶ register the candidate ─▶ gate ─▶ ``@champion`` or ``@challenger``
+
+Data window: from ``--since`` (default: the beginning of the log), and never before the end of
+what the champion already learned (its bundle's ``trained_through``) when warm-starting from it.
+
+Everything lands in one MLflow run of the ``polyroute-training`` experiment: parameters (data
+window, join window, default quality, reward weights, warm start, gate settings), counts,
+the estimates of candidate and champion, the gate's decision and reason, the report, and the
+candidate bundle as a registered pyfunc model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from router.bundle import PolicyBundle
+from router.errors import PolicyError
+from router.policy.base import RewardSpec
+from training import registry
+from training.promote import GateConfig, GateDecision, apply_decision, gate
+from training.train import (
+    DEFAULT_JOIN_WINDOW_S,
+    DEFAULT_QUALITY,
+    TrainResult,
+    load_events,
+    parse_since,
+    train_from_logs,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainConfig:
+    """Everything one retraining needs; the CLI, the demo and the notebooks build one."""
+
+    events: str
+    since: str | float | None = None
+    tracking_uri: str | None = None
+    model_name: str = registry.MODEL_NAME
+    base_bundle: str | None = None  # registered as the first champion when there is none
+    warm_start: bool = True
+    holdout: float = 0.3
+    join_window_s: float = DEFAULT_JOIN_WINDOW_S
+    default_quality: float = DEFAULT_QUALITY
+    w_cost: float | None = None  # None: the champion's reward weights
+    w_latency: float | None = None
+    gate: GateConfig = field(default_factory=GateConfig)
+    report_dir: str = ".polyroute/reports"
+    n_bootstrap: int = 1000
+    seed: int = 0
+    promote: bool = True
+
+
+@dataclass
+class RetrainOutcome:
+    run_id: str
+    version: str
+    alias: str
+    decision: GateDecision
+    report: Path
+    stats: dict[str, Any]
+    champion_version: str
+
+
+def _ensure_champion(config: RetrainConfig) -> tuple[str, PolicyBundle]:
+    version = registry.alias_version(registry.CHAMPION, config.model_name, config.tracking_uri)
+    if version is not None:
+        return version, registry.load_bundle(version, config.model_name, config.tracking_uri)
+    if config.base_bundle is None:
+        raise PolicyError(
+            f"{config.model_name} has no @{registry.CHAMPION}: pass --base BUNDLE_DIR to register "
+            "the bundle that produced the logs as the first champion"
+        )
+    import mlflow
+
+    bundle = PolicyBundle.load(config.base_bundle)
+    with registry.start_training_run(config.tracking_uri, "initial-champion"):
+        mlflow.log_param("base_bundle", config.base_bundle)
+        version = registry.log_bundle(bundle, config.model_name, {"origin": "base bundle"})
+        registry.set_alias(
+            registry.CHAMPION,
+            version,
+            "initial champion: the bundle that served the logs (no champion was registered)",
+            config.model_name,
+            config.tracking_uri,
+        )
+    return version, bundle
+
+
+def _reward_spec(config: RetrainConfig, base: PolicyBundle) -> RewardSpec:
+    spec = base.reward
+    return RewardSpec(
+        w_cost=spec.w_cost if config.w_cost is None else config.w_cost,
+        w_latency=spec.w_latency if config.w_latency is None else config.w_latency,
+        cost_scale=spec.cost_scale,
+        latency_scale=spec.latency_scale,
+    )
+
+
+def _log_run(
+    config: RetrainConfig, result: TrainResult, champion_version: str, since: float | None
+) -> None:
+    import mlflow
+
+    params = {
+        "events": config.events if "://" not in config.events else config.events.split("@")[-1],
+        "since": "" if since is None else since,
+        "join_window_s": config.join_window_s,
+        "default_quality": config.default_quality,
+        "holdout": config.holdout,
+        "warm_start": config.warm_start,
+        "champion_version": champion_version,
+        "base_bundle_version": result.base.version,
+        "reward": json.dumps(result.candidate.reward.__dict__),
+        "n_bootstrap": config.n_bootstrap,
+        "seed": config.seed,
+    }
+    params.update({f"gate.{k}": v for k, v in asdict(config.gate).items()})
+    params["reward_model"] = json.dumps(result.reward_model.params())
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    mlflow.log_metrics(
+        {
+            k: float(v)
+            for k, v in result.stats.items()
+            if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v))
+        }
+    )
+
+
+def retrain(config: RetrainConfig) -> RetrainOutcome:
+    """Train a candidate from the logs, evaluate it against the champion, register it, gate it."""
+    import mlflow
+
+    from training.evaluate import evaluate_policies
+    from training.report import log_report_to_mlflow, write_report
+
+    champion_version, champion = _ensure_champion(config)
+    since = parse_since(config.since)
+    learned = champion.provenance.get("trained_through")
+    if config.warm_start and learned is not None:
+        # the warm start already learned everything up to here: learning it again would
+        # count those decisions twice (and evaluate the candidate on what it saw)
+        since = max(since or 0.0, float(learned) + 1e-6)
+    events = load_events(config.events, since)
+    result = train_from_logs(
+        events,
+        champion,
+        reward=_reward_spec(config, champion),
+        warm_start=config.warm_start,
+        holdout=config.holdout,
+        join_window_s=config.join_window_s,
+        default_quality=config.default_quality,
+        seed=config.seed,
+    )
+    with registry.start_training_run(config.tracking_uri, "retrain") as run:
+        _log_run(config, result, champion_version, since)
+        evaluation = evaluate_policies(
+            result.holdout_rows.frame,
+            {"candidate": result.candidate, "champion": champion},
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+            alpha=config.gate.alpha,
+            min_ess=config.gate.min_ess,
+        )
+        decision = gate(evaluation, "candidate", "champion", config.gate)
+        report_dir = Path(config.report_dir)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        report = write_report(
+            evaluation,
+            report_dir / f"evaluation-{run.info.run_id[:12]}.html",
+            title=f"Candidate vs champion v{champion_version}",
+            champion="champion",
+            candidate="candidate",
+            extra={"gate": decision.reason, **result.stats},
+            estimator=config.gate.estimator,
+            min_ess=config.gate.min_ess,
+        )
+        log_report_to_mlflow(report)
+        with tempfile.TemporaryDirectory() as tmp:
+            table = Path(tmp) / "estimates.csv"
+            evaluation.estimates.to_csv(table)
+            mlflow.log_artifact(str(table))
+        for name, diag in evaluation.diagnostics.items():
+            mlflow.log_metrics(
+                {
+                    f"{name}.ess": float(diag["ess"]),
+                    f"{name}.max_weight": float(diag["max_weight"]),
+                }
+            )
+        version = registry.log_bundle(
+            result.candidate,
+            config.model_name,
+            {"champion_at_training": champion_version, "run": run.info.run_id},
+        )
+        if not config.promote:
+            decision = GateDecision(
+                False,
+                f"promotion disabled (--no-promote); the gate said: {decision.reason}",
+                decision.delta,
+                decision.low,
+                decision.high,
+                decision.ess,
+                decision.estimator,
+                decision.margin,
+            )
+        alias = apply_decision(decision, version, config.model_name, config.tracking_uri)
+        return RetrainOutcome(
+            run_id=run.info.run_id,
+            version=version,
+            alias=alias,
+            decision=decision,
+            report=report,
+            stats=dict(result.stats),
+            champion_version=champion_version,
+        )

@@ -1,0 +1,272 @@
+"""Retraining from the gateway's logs: join, recompute the reward, split by time, train.
+
+``train_from_logs`` is the core of ``polyroute train``:
+
+1. **Load** the events (a file-sink directory or a PostgreSQL DSN) from ``since`` on.
+2. **Join** decisions with outcomes and feedback (:func:`router.events.join.join_events`): a
+   feedback or outcome counts only within ``join_window_s`` (default 1 h) of its decision; a
+   decision without quality feedback in the window gets ``default_quality`` (default 0.0, i.e.
+   an unrated answer is not assumed good) and is flagged ``quality_imputed``.
+3. **Select** the rows that can be learned from: the policy chose (no rule override), the
+   outcome is known, and the context features come from the base bundle's featurizer version
+   (the logged features are reused as they are, so the candidate keeps the base bundle's
+   featurizer: no training/serving skew). Everything left out is counted by reason.
+4. **Reward** is recomputed from the raw logged components with the target reward spec (the
+   profile's weights), never taken from the log: ``quality - w_cost * cost_usd / cost_scale -
+   w_latency * latency_ms / latency_scale``.
+5. **Split by time**: the earliest ``1 - holdout`` share trains, the latest ``holdout`` share is
+   kept for off-policy evaluation (evaluating on the rows a policy learned from would flatter
+   it).
+6. **Train** the VW policy, warm-started from the base bundle's policy (default) or from
+   scratch, on the training rows in time order with their logged probabilities, and a LightGBM
+   reward model (``training.reward_model``) on the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from router.bundle import PolicyBundle
+from router.errors import DatasetError
+from router.events.join import join_events
+from router.events.models import Event
+from router.policy.base import Action, Policy, RewardSpec
+from router.policy.vw import VWSquareCBPolicy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_JOIN_WINDOW_S = 3600.0
+DEFAULT_QUALITY = 0.0
+
+
+def parse_since(value: str | float | None, now: float | None = None) -> float | None:
+    """``since`` as unix seconds: a number, an ISO 8601 time, or a duration ago (``90m``,
+    ``24h``, ``7d``)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if match:
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return (now if now is not None else time.time()) - float(match.group(1)) * seconds
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError as exc:
+        raise DatasetError(
+            f"--since: expected unix seconds, an ISO 8601 time or a duration like 24h, got {text!r}"
+        ) from exc
+
+
+def load_events(source: str | Path, since: float | None = None) -> Iterator[Event]:
+    """Events from a file-sink directory or a PostgreSQL DSN (``postgresql://...``)."""
+    text = str(source)
+    if text.startswith(("postgresql://", "postgres://")):
+        from router.events.postgres_sink import read_events_pg
+
+        yield from read_events_pg(text, since=since)
+        return
+    from router.events.file_sink import event_files, read_events
+
+    if not Path(text).is_dir():
+        raise DatasetError(f"--events: {text} is not a directory of event files")
+    if not event_files(text):
+        raise DatasetError(f"--events: no event files (events-*.jsonl) in {text}")
+    for event in read_events(text):
+        if since is None or event.timestamp >= since:
+            yield event
+
+
+@dataclass
+class LoggedRows:
+    """The learnable part of a joined log, with the reward recomputed."""
+
+    frame: pd.DataFrame  # the joined rows kept, with ``reward`` recomputed under ``spec``
+    spec: RewardSpec
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def split(self, holdout: float) -> tuple[LoggedRows, LoggedRows]:
+        """Earliest ``1 - holdout`` share / latest ``holdout`` share, by decision time."""
+        if not 0.0 <= holdout < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+        ordered = self.frame.sort_values("timestamp", kind="stable")
+        cut = len(ordered) - round(holdout * len(ordered))
+        return (
+            LoggedRows(ordered.iloc[:cut], self.spec, self.excluded),
+            LoggedRows(ordered.iloc[cut:], self.spec, {}),
+        )
+
+
+def select_learnable(
+    joined: pd.DataFrame, feature_version: str, spec: RewardSpec, models: Iterable[str]
+) -> LoggedRows:
+    """Keep the rows a policy can learn from and recompute their reward under ``spec``."""
+    known = set(models)
+    excluded: dict[str, int] = {}
+    keep = pd.Series(True, index=joined.index)
+    reasons = [
+        ("rule_override", ~joined["learnable"].astype(bool)),
+        ("no_outcome", ~joined["has_outcome"].astype(bool)),
+        ("other_feature_version", joined["feature_version"] != feature_version),
+        (
+            "unknown_model",
+            ~joined["eligible_models"].map(lambda names: set(names) <= known).astype(bool),
+        ),
+    ]
+    for reason, mask in reasons:
+        hit = keep & mask
+        if hit.any():
+            excluded[reason] = int(hit.sum())
+        keep &= ~mask
+    frame = joined.loc[keep].copy()
+    frame["reward"] = spec.reward(
+        frame["quality"].to_numpy(float),
+        frame["cost_usd"].to_numpy(float),
+        frame["latency_ms"].to_numpy(float),
+    )
+    if excluded:
+        logger.info("left out of training: %s", excluded)
+    return LoggedRows(frame, spec, excluded)
+
+
+def logged_actions(bundle: PolicyBundle, row: Any) -> tuple[np.ndarray, list[Action]]:
+    """The context and the eligible actions of one logged decision, as the policy saw them.
+
+    Static action features come from the log; expected cost and latency are recomputed with the
+    bundle's catalogue from the logged context and the outcome's input tokens.
+    """
+    context = np.asarray(row.context_features, dtype=float)
+    tokens = float(row.input_tokens) if np.isfinite(row.input_tokens) else 0.0
+    rebuilt = bundle.catalogue.actions(context, tokens, list(row.eligible_models))
+    features = np.asarray(row.action_features, dtype=float)
+    actions = [
+        Action(a.model, features[i], a.expected_cost, a.expected_latency_ms)
+        for i, a in enumerate(rebuilt)
+    ]
+    return context, actions
+
+
+def copy_policy(policy: Policy, reward: RewardSpec) -> Policy:
+    """An independent copy of ``policy`` (through its saved form) with ``reward`` as its spec."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Policy.load(policy.save(Path(tmp) / "policy"))
+    clone.reward = reward
+    return clone
+
+
+def learn_from_rows(policy: Policy, bundle: PolicyBundle, rows: LoggedRows) -> int:
+    """Feed the rows to ``policy.learn_one`` in time order; returns how many were learned."""
+    ordered = rows.frame.sort_values("timestamp", kind="stable")
+    n = 0
+    for row in ordered.itertuples(index=False):
+        context, actions = logged_actions(bundle, row)
+        chosen: Any = row.chosen_index
+        probability: Any = row.chosen_probability
+        reward: Any = row.reward
+        policy.learn_one(context, actions, int(chosen), float(probability), float(reward))
+        n += 1
+    return n
+
+
+@dataclass
+class TrainResult:
+    """What one retraining produced, with the numbers its MLflow run records."""
+
+    candidate: PolicyBundle
+    base: PolicyBundle
+    train_rows: LoggedRows
+    holdout_rows: LoggedRows
+    reward_model: Any
+    joined: pd.DataFrame
+    stats: dict[str, float | int | str]
+
+
+def train_from_logs(
+    events: Iterable[Event],
+    base: PolicyBundle,
+    *,
+    reward: RewardSpec | None = None,
+    warm_start: bool = True,
+    holdout: float = 0.3,
+    join_window_s: float = DEFAULT_JOIN_WINDOW_S,
+    default_quality: float = DEFAULT_QUALITY,
+    seed: int = 0,
+    min_rows: int = 50,
+) -> TrainResult:
+    """Train a candidate bundle from logged events (see the module docstring for each step).
+
+    Parameters
+    ----------
+    base : the serving (champion) bundle: its featurizer and catalogue are kept, and its policy
+        is the warm start unless ``warm_start=False``.
+    reward : the reward spec to learn (default: the base bundle's).
+    """
+    from training.reward_model import RewardModel
+
+    start = time.perf_counter()
+    spec = reward or base.reward
+    joined = join_events(events, join_window_s=join_window_s, default_quality=default_quality)
+    if joined.empty:
+        raise DatasetError("no decision events in the selected window: nothing to train on")
+    rows = select_learnable(joined, base.featurizer.version_, spec, base.catalogue.names)
+    if len(rows.frame) < min_rows:
+        raise DatasetError(
+            f"only {len(rows.frame)} learnable decisions (need >= {min_rows}); "
+            f"left out: {rows.excluded}"
+        )
+    train_rows, holdout_rows = rows.split(holdout)
+    if warm_start:
+        policy = copy_policy(base.policy, spec)
+    else:
+        policy = VWSquareCBPolicy(reward=spec, seed=seed)
+    n_learned = learn_from_rows(policy, base, train_rows)
+    reward_model = RewardModel(seed=seed).fit(train_rows.frame, base.catalogue.names)
+    provenance = {
+        "trained_from": "logs",
+        "base_version": base.version,
+        "warm_start": warm_start,
+        "n_learned": n_learned,
+        "window": [
+            float(train_rows.frame["timestamp"].min()),
+            float(train_rows.frame["timestamp"].max()),
+        ],
+        # a warm start from this bundle must not learn these rows again (see retrain)
+        "trained_through": float(train_rows.frame["timestamp"].max()),
+        "seed": seed,
+    }
+    candidate = PolicyBundle(base.featurizer, base.catalogue, policy, provenance)
+    stats: dict[str, float | int | str] = {
+        "n_decisions": len(joined),
+        "n_learnable": len(rows.frame),
+        "n_train": len(train_rows.frame),
+        "n_holdout": len(holdout_rows.frame),
+        "n_quality_imputed": int(joined["quality_imputed"].sum()),
+        "n_late": int(joined.attrs.get("n_late", 0)),
+        "n_orphans": int(joined.attrs.get("n_orphans", 0)),
+        "train_mean_reward": float(train_rows.frame["reward"].mean()),
+        "holdout_mean_reward": float(holdout_rows.frame["reward"].mean())
+        if len(holdout_rows.frame)
+        else float("nan"),
+        "window_start": float(joined["timestamp"].min()),
+        "window_end": float(joined["timestamp"].max()),
+        "train_seconds": time.perf_counter() - start,
+    }
+    for reason, count in rows.excluded.items():
+        stats[f"n_excluded_{reason}"] = count
+    return TrainResult(candidate, base, train_rows, holdout_rows, reward_model, joined, stats)
