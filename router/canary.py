@@ -126,7 +126,12 @@ class ArmStats:
     reward: RunningMean = field(default_factory=RunningMean)
 
     def reward_interval(self, alpha: float, n_star: float) -> tuple[float, float]:
-        r = cs_radius(self.reward.n, self.reward.sd, alpha, n_star)
+        # one pseudo-observation of variance 1/4 (the most a [0, 1] quality can have), as the
+        # error rate's +0.5: an arm whose first rewards happen to be equal must not get a
+        # zero-width interval and be stopped on a point estimate
+        n = self.reward.n
+        sd = math.sqrt((self.reward.m2 + 0.25) / n) if n else math.inf
+        r = cs_radius(n, sd, alpha, n_star)
         return self.reward.mean - r, self.reward.mean + r
 
     def error_interval(self, alpha: float, n_star: float) -> tuple[float, float]:
@@ -169,6 +174,7 @@ class CanaryController:
         self.reward_spec = reward_spec or RewardSpec
         self.engine: DecisionEngine | None = None
         self.challenger_version: str | None = None  # the source's version (e.g. registry)
+        self.champion_version: str | None = None  # bundle version of the serving champion
         self.state: Literal["waiting", "running", "stopped"] = "waiting"
         self.reason: str | None = None
         self.share = 0.0
@@ -191,10 +197,33 @@ class CanaryController:
             if engine.bundle.version in self._stopped_bundles:
                 self.state, self.share = "stopped", 0.0
                 self.reason = f"bundle {engine.bundle.version} was stopped before"
+            elif engine.bundle.version == self.champion_version:
+                self.state, self.share = "waiting", 0.0
+                self.reason = f"challenger bundle {engine.bundle.version} is the champion"
             else:
                 self.state, self.share, self.reason = "running", self.config.share, None
                 self.started_at = time.time()
             self._publish_share()
+
+    def clear(self) -> None:
+        """The challenger left the registry (alias deleted): stop serving it, keep nothing."""
+        with self._lock:
+            if self.engine is not None and self.metrics is not None:
+                self.metrics.policy_version.labels("challenger", self.engine.bundle.version).set(0)
+            self.engine, self.challenger_version = None, None
+            self._reset()
+            self.state, self.share, self.reason = "waiting", 0.0, "no challenger in the registry"
+            self._publish_share()
+
+    def set_champion_version(self, bundle_version: str) -> None:
+        """The champion changed: a challenger that *is* the champion now (it was promoted, or
+        the champion was rolled back onto it) has nothing to be compared with."""
+        with self._lock:
+            self.champion_version = bundle_version
+            if self.engine is not None and self.engine.bundle.version == bundle_version:
+                self.state, self.share = "waiting", 0.0
+                self.reason = f"challenger bundle {bundle_version} is the champion now"
+                self._publish_share()
 
     def restart(self) -> None:
         """New statistics for the same challenger (the champion changed under it)."""
@@ -204,7 +233,8 @@ class CanaryController:
     def _reset(self) -> None:
         self.arms = {arm: ArmStats() for arm in ARMS}
         self._pending.clear()
-        self.stopped_at = None
+        if self.state != "stopped":
+            self.stopped_at = None
 
     def _publish_share(self) -> None:
         if self.metrics is not None:

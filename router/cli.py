@@ -209,9 +209,37 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _decision_key(given: str | None, events_dir: Path) -> str:
+    """The hex key that signs decision ids: ``POLYROUTE_DECISION_KEY`` if set, else one kept in
+    ``<events dir>/.decision-key`` (created once, mode 0600), so feedback for decisions served
+    before a restart is still accepted and every worker shares it."""
     import os
     import secrets
+
+    if given is not None:
+        try:
+            bytes.fromhex(given)
+        except ValueError as exc:
+            raise ConfigError("POLYROUTE_DECISION_KEY: expected a hex string") from exc
+        return given
+    path = events_dir / ".decision-key"
+    if path.is_file():
+        key = path.read_text().strip()
+        try:
+            bytes.fromhex(key)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: expected a hex key (delete it to make a new one)") from exc
+        return key
+    events_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(handle, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
     import shutil
     import tempfile
 
@@ -224,6 +252,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers: expected a positive integer, got {args.workers}")
+    config = load_config(args.config)
+    args.bundle = args.bundle or config.policy_bundle
     # each worker builds its own app from these (router.app.app_from_env)
     os.environ[gateway_app.ENV_CONFIG] = str(Path(args.config).resolve())
     if args.bundle:
@@ -232,13 +262,16 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ[gateway_app.ENV_WORKERS] = str(args.workers)
     if args.events_dir:
         os.environ[gateway_app.ENV_EVENTS_DIR] = str(Path(args.events_dir).resolve())
-    os.environ.setdefault(gateway_app.ENV_DECISION_KEY, secrets.token_hex(32))
+    events_dir = Path(args.events_dir or config.events.directory)
+    os.environ[gateway_app.ENV_DECISION_KEY] = _decision_key(
+        os.environ.get(gateway_app.ENV_DECISION_KEY), events_dir
+    )
     if args.workers == 1:
         app = gateway_app.app_from_env()  # errors surface here, before anything listens
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        # no per-request access log: ~0.05 ms a request (py-spy); the metrics count requests
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
         return 0
     # check once here so a bad config or bundle fails with a message, not N worker tracebacks
-    config = load_config(args.config)
     if args.bundle:
         DecisionEngine(config, PolicyBundle.load(args.bundle))
     elif config.policy is None:
@@ -256,6 +289,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             log_level="info",
+            access_log=False,
         )
     finally:
         if metrics_dir:
@@ -355,8 +389,19 @@ def _bench_overhead(args: argparse.Namespace) -> int:
     from training.overhead import main_rows, run_overhead
 
     rates = [float(r) for r in args.rates.split(",")]
-    rows = run_overhead(args.config, args.bundle, rates, args.seconds, Path(args.workdir))
+    rows = run_overhead(
+        args.config,
+        args.bundle,
+        rates,
+        args.seconds,
+        Path(args.workdir),
+        upstream_kind=args.upstream,
+        pin=args.pin,
+    )
     print(main_rows(rows))
+    if args.jsonl:
+        with open(args.jsonl, "a") as out:
+            out.write(main_rows(rows) + "\n")
     return 0
 
 
@@ -683,6 +728,16 @@ def build_parser() -> argparse.ArgumentParser:
     overhead.add_argument("--rates", default="50,100,200", help="requests/s per path")
     overhead.add_argument("--seconds", type=float, default=10.0)
     overhead.add_argument("--workdir", default=".polyroute/overhead")
+    overhead.add_argument(
+        "--upstream",
+        choices=("mock", "replay"),
+        default="mock",
+        help="mock: minimal asyncio responder (default); replay: the replay backend",
+    )
+    overhead.add_argument(
+        "--pin", action="store_true", help="router on CPU 0, upstream + load generator on CPU 1"
+    )
+    overhead.add_argument("--jsonl", help="also append the rows to this file")
     overhead.set_defaults(func=_bench_overhead)
 
     events = sub.add_parser("events", help="event log tools")

@@ -145,6 +145,15 @@ class PolicyConfig(_Strict):
     poll_s: PositiveFloat = 10.0
     canary: CanaryConfig | None = None
 
+    @model_validator(mode="after")
+    def _distinct_aliases(self) -> PolicyConfig:
+        if self.canary is not None and self.canary.alias == self.registry.alias:
+            raise ValueError(
+                f"canary.alias: {self.canary.alias!r} is also registry.alias; a canary needs "
+                "another alias (e.g. challenger)"
+            )
+        return self
+
 
 class RouterConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)

@@ -72,6 +72,9 @@ class PolicyReloader:
         Seconds between polls.
     arm : str
         Metric label and log prefix.
+    retire : callable, optional
+        Called when the source stops naming a version (its alias was deleted): the challenger
+        arm stops its canary; the champion arm passes None and keeps serving what it has.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class PolicyReloader:
         metrics: GatewayMetrics,
         poll_s: float = 10.0,
         arm: str = "champion",
+        retire: Callable[[], None] | None = None,
     ) -> None:
         if poll_s <= 0:
             raise ValueError(f"poll_s must be > 0, got {poll_s}")
@@ -93,6 +97,7 @@ class PolicyReloader:
         self.metrics = metrics
         self.poll_s = poll_s
         self.arm = arm
+        self.retire = retire  # called when the source no longer has a version (None: keep)
         self.source_version: str | None = None  # the source version serving now
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one poll at a time (thread and /admin/reload)
@@ -109,6 +114,12 @@ class PolicyReloader:
             version = self.source.current_version()
         except Exception as exc:
             return self._failed("poll", None, exc)
+        if version is None and self.source_version is not None and self.retire is not None:
+            # the alias is gone (e.g. @challenger deleted after a promotion or rollback)
+            self.retire()
+            logger.info("%s policy: version %s left the source", self.arm, self.source_version)
+            self.source_version = None
+            return ReloadResult(None, changed=True)
         if version is None or version == self.source_version:
             return ReloadResult(version, changed=False)
         try:
@@ -126,7 +137,12 @@ class PolicyReloader:
             engine.decide("warm-up", 1, 4, 16, RequestHints())
         except Exception as exc:
             return self._failed("build", version, exc)
-        self.install(engine, version)
+        if self._stop.is_set():
+            return ReloadResult(version, changed=False)  # shutting down: install nothing
+        try:
+            self.install(engine, version)
+        except Exception as exc:
+            return self._failed("install", version, exc)
         self.source_version = version
         self.last_error = None
         logger.info(
@@ -159,9 +175,16 @@ class PolicyReloader:
         self._thread.start()
 
     def _run(self) -> None:
-        self.check_now()
+        self._poll_guarded()
         while not self._stop.wait(self.poll_s):
+            self._poll_guarded()
+
+    def _poll_guarded(self) -> None:
+        # the polling thread must outlive any bug in a poll: otherwise hot reload stops for good
+        try:
             self.check_now()
+        except Exception as exc:  # pragma: no cover - _check already catches its stages
+            self._failed("poll", None, exc)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()

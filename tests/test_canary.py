@@ -271,3 +271,23 @@ def test_canary_needs_its_config(config, bundles) -> None:
         )
     with TestClient(create_app(plain, bundles["1"], ListSink(), transport=transport)) as c:
         assert c.get("/admin/canary").status_code == 404
+
+
+def test_a_challenger_that_is_the_champion_gets_no_traffic() -> None:
+    canary = running(share=0.5)
+    assert canary.state == "running"
+    # @challenger was promoted: the champion's bundle is now the challenger's
+    canary.set_champion_version("bundle-challenger")
+    assert canary.state == "waiting" and canary.share == 0.0
+    assert {canary.choose() for _ in range(100)} == {"champion"}
+    assert "is the champion" in (canary.reason or "")
+    # and a challenger installed while it already is the champion never starts
+    canary.set_challenger(fake_engine("bundle-challenger"), "8")
+    assert canary.state == "waiting" and canary.share == 0.0
+
+
+def test_a_challenger_gone_from_the_registry_is_cleared() -> None:
+    canary = running(share=0.5)
+    canary.clear()
+    assert canary.engine is None and canary.share == 0.0 and canary.state == "waiting"
+    assert {canary.choose() for _ in range(100)} == {"champion"}

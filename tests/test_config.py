@@ -138,3 +138,21 @@ def test_policy_section_defaults_and_the_documented_example(tmp_path: Path) -> N
     policy = load_config(write(tmp_path, data)).policy
     assert policy is not None and policy.canary is not None
     assert policy.canary.alias == "challenger" and policy.canary.share == 0.1
+
+
+def test_decision_key_is_kept_beside_the_events(tmp_path) -> None:
+    """Feedback for decisions served before a restart must still verify: the key persists."""
+    import stat
+
+    from router.cli import _decision_key
+
+    first = _decision_key(None, tmp_path / "events")
+    assert _decision_key(None, tmp_path / "events") == first
+    key_file = tmp_path / "events" / ".decision-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert _decision_key("00ff", tmp_path / "events") == "00ff"  # the environment wins
+    with pytest.raises(ConfigError, match="POLYROUTE_DECISION_KEY: expected a hex"):
+        _decision_key("not-hex", tmp_path / "events")
+    key_file.write_text("zz")
+    with pytest.raises(ConfigError, match="expected a hex key"):
+        _decision_key(None, tmp_path / "events")

@@ -250,7 +250,7 @@ def test_serve_without_a_bundle_starts_from_the_registry_alias(
 
 def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundles) -> None:
     """With the real registry source (training.registry, embedded SQLite store): moving
-    ``@champion`` swaps the serving policy at the next poll."""
+    ``@champion`` swaps the serving policy at the next poll, and a rollback swaps it back."""
     registry = pytest.importorskip("training.registry")
     monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -269,4 +269,57 @@ def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundle
         report = c.post("/admin/reload").json()["champion"]
         assert report["changed"] is True and report["serving_source_version"] == second
         ask(c)
-    assert sink.of("decision")[-1]["policy_version"] == bundles["2"].version
+        assert sink.of("decision")[-1]["policy_version"] == bundles["2"].version
+        # polyroute rollback: @champion goes back, the running service follows, no restart
+        assert registry.rollback(tracking_uri=uri) == (second, first)
+        report = c.post("/admin/reload").json()["champion"]
+        assert report["changed"] is True and report["serving_source_version"] == first
+        ask(c)
+    assert sink.of("decision")[-1]["policy_version"] == bundles["1"].version
+
+
+def test_a_vanished_source_version_retires_the_arm(bundles) -> None:
+    from router.metrics import GatewayMetrics
+
+    source = DictSource(bundles, "1")
+    installed: list[str] = []
+    retired: list[bool] = []
+    reloader = PolicyReloader(
+        source,
+        lambda bundle: PolicyReloaderProbe(bundle),  # type: ignore[arg-type,return-value]
+        lambda engine, version: installed.append(version),
+        lambda: None,
+        GatewayMetrics(),
+        poll_s=3600,
+        arm="challenger",
+        retire=lambda: retired.append(True),
+    )
+    assert reloader.check_now().changed and installed == ["1"]
+    source.current = None  # the alias was deleted
+    result = reloader.check_now()
+    assert result.changed and retired == [True] and reloader.source_version is None
+    assert not reloader.check_now().changed and retired == [True]  # once
+
+
+class PolicyReloaderProbe:
+    """An engine stand-in: decides nothing, so the warm-up passes."""
+
+    def __init__(self, bundle: PolicyBundle) -> None:
+        self.bundle = bundle
+
+    def decide(self, *args: object) -> None:
+        return None
+
+
+def test_admin_routes_are_closed_with_tenants_and_no_admin_key(bundles) -> None:
+    from pathlib import Path
+
+    data = load_config(Path(__file__).parents[1] / EXAMPLE_CONFIG).model_dump()
+    data["policy"] = {"poll_s": 3600}
+    assert data["tenants"] and data.get("admin_api_key_sha256") is None
+    cfg = RouterConfig.model_validate(data)
+    app = create_app(cfg, bundles["1"], ListSink(), source=DictSource(bundles, "1"))
+    with TestClient(app) as c:
+        response = c.post("/admin/reload")
+        assert response.status_code == 401
+        assert "admin_api_key_sha256" in response.json()["error"]["message"]

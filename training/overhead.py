@@ -1,26 +1,52 @@
 """Gateway overhead benchmark: the same requests sent directly to an upstream and through the
 router, side by side at a fixed rate, in one run (DESIGN.md §5 "Gateway overhead").
 
-The upstream is the replay backend with ``--time-scale 0`` (answers at once); the router is
-``polyroute serve`` with one worker; both run as separate processes on loopback, the load
-generator (httpx, asyncio) in this one. On a 2-core machine all three share the cores, which
-the result table says.
+Processes, all on loopback:
+
+- the upstream: :mod:`training.mock_upstream` by default (a raw asyncio HTTP/1.1 server that
+  answers a fixed ``chat.completion`` at once, ~10-20 us of CPU a request), or with
+  ``upstream="replay"`` the replay backend with ``--time-scale 0`` (FastAPI, ~10x the CPU);
+- the router: ``polyroute serve`` with one worker, every model of the config pointed at the
+  upstream, tenants removed (open access), events to a file sink in ``workdir``;
+- the load generator, in this process: a minimal keep-alive HTTP/1.1 client on asyncio streams
+  (uvloop), so that it takes as little of the machine as possible.
+
+Rate: ``rate`` is requests per second *per path*. At each tick of a fixed schedule (request i
+leaves at i / rate, whatever the answers do) one request goes directly to the upstream and the
+same body through the router, so the router serves ``rate`` requests/s and the machine as a whole
+``2 x rate``. Overhead = routed percentile - direct percentile at the same rate.
+
+With ``pin=True`` (Linux, 2+ cores) the router is pinned to CPU 0 and the upstream and the load
+generator to CPU 1, so the router has one core to itself: the "one worker on one core" number.
+Unpinned, the three processes share all cores as the scheduler likes.
+
+Besides latencies each row has the CPU time each process spent per request at that rate
+(``/proc/<pid>/stat``): ``router_cpu_ms_per_req`` bounds the router's throughput on one core at
+about ``1000 / router_cpu_ms_per_req`` requests/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import yaml
+
+from training.mock_upstream import install_uvloop
+
+TIMEOUT_S = 10.0
+HEADER = b"x-polyroute-overhead-ms"
 
 
 def _free_port() -> int:
@@ -41,96 +67,262 @@ def _wait(url: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"{url} did not come up in {timeout_s} s")
 
 
+class HttpError(Exception):
+    """A response the load generator could not read (connection closed, malformed, timeout)."""
+
+
+class _StaleConnectionError(Exception):
+    """A reused keep-alive connection was closed by the server before it answered."""
+
+
+class KeepAliveClient:
+    """POSTs one fixed JSON body to one URL over a pool of keep-alive connections.
+
+    Minimal HTTP/1.1: the request bytes are built once; responses must carry
+    ``content-length`` (uvicorn's and the mock's do). A few microseconds of CPU per request,
+    where httpx takes ~0.3 ms: on a 2-core machine the load generator competes with what it
+    measures.
+    """
+
+    def __init__(self, host: str, port: int, path: str, body: dict[str, Any]) -> None:
+        self.host, self.port = host, port
+        payload = json.dumps(body).encode()
+        self.request = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\n\r\n"
+        ).encode() + payload
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.retries = 0
+
+    async def post(self) -> tuple[int, bytes]:
+        """Status and head (lowercased) of one response; raises HttpError.
+
+        An idle connection the server has closed meanwhile (uvicorn closes keep-alive
+        connections idle for 5 s) is dropped before use, as httpx does; one that the server
+        closes just as the request goes out fails with nothing read, and the request is sent
+        once more on a new connection (the server never saw it)."""
+        try:
+            return await self._post()
+        except _StaleConnectionError:
+            self.retries += 1
+            return await self._post(fresh=True)
+
+    async def _post(self, fresh: bool = False) -> tuple[int, bytes]:
+        conn = None
+        while self._idle and not fresh:
+            conn = self._idle.pop()
+            if not conn[0].at_eof():
+                break
+            conn[1].close()
+            conn = None
+        reused = conn is not None
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                if conn is None:
+                    conn = await asyncio.open_connection(self.host, self.port)
+                reader, writer = conn
+                writer.write(self.request)
+                head = (await reader.readuntil(b"\r\n\r\n")).lower()
+                at = head.find(b"\r\ncontent-length:")
+                if at < 0:
+                    raise HttpError("response without content-length")
+                length = int(head[at + 17 : head.find(b"\r\n", at + 2)])
+                await reader.readexactly(length)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            if conn is not None:
+                conn[1].close()
+            stale = isinstance(exc, asyncio.IncompleteReadError | ConnectionResetError)
+            if reused and stale and not getattr(exc, "partial", b""):
+                raise _StaleConnectionError from exc
+            raise HttpError(repr(exc)) from exc
+        if b"\r\nconnection: close" in head:
+            writer.close()
+        else:
+            self._idle.append(conn)
+        return int(head[9:12]), head
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+def _header(head: bytes, name: bytes) -> float | None:
+    at = head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return None
+    start = at + len(name) + 3
+    return float(head[start : head.find(b"\r\n", start)])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(a: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(a, q)) if a.size else None
+
+
 async def _run_rate(
-    rate: float, seconds: float, upstream: str, router: str, body: dict[str, Any]
+    rate: float,
+    seconds: float,
+    upstream: tuple[str, int],
+    router: tuple[str, int],
+    body: dict[str, Any],
+    direct_model: str,
 ) -> dict[str, Any]:
     direct: list[float] = []
     routed: list[float] = []
     header: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(timeout=10.0, limits=limits) as client:
+    errors = {"direct": 0, "routed": 0}
+    reasons: list[str] = []  # the first few errors, to say what went wrong
+    direct_client = KeepAliveClient(
+        *upstream, "/v1/chat/completions", {**body, "model": direct_model}
+    )
+    routed_client = KeepAliveClient(*router, "/v1/chat/completions", body)
 
-        async def one(url: str, payload: dict[str, Any], out: list[float], via: bool) -> None:
-            nonlocal errors
-            start = time.perf_counter()
-            try:
-                response = await client.post(url, json=payload)
-            except httpx.HTTPError:
-                errors += 1
-                return
-            out.append((time.perf_counter() - start) * 1000)
-            if response.status_code != 200:
-                errors += 1
-            elif via:
-                header.append(float(response.headers["x-polyroute-overhead-ms"]))
+    n = int(rate * seconds)
+    paired = np.full((2, n), np.nan)  # [direct, routed] latency of the pair sent at tick i
 
-        tasks = []
-        begin = time.perf_counter()
-        n = int(rate * seconds)
-        for i in range(n):
-            # a fixed schedule: request i leaves at i / rate, whatever the answers do
-            await asyncio.sleep(max(0.0, begin + i / rate - time.perf_counter()))
-            direct_body = {**body, "model": "gemini-1.5-flash-002"}
-            tasks.append(
-                asyncio.create_task(one(f"{upstream}/chat/completions", direct_body, direct, False))
-            )
-            tasks.append(asyncio.create_task(one(f"{router}/chat/completions", body, routed, True)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - begin
+    async def one(client: KeepAliveClient, out: list[float], path: str, i: int) -> None:
+        start = time.perf_counter()
+        try:
+            status, head = await client.post()
+        except HttpError as exc:
+            errors[path] += 1
+            if len(reasons) < 5:
+                reasons.append(f"{path}: {exc}")
+            return
+        out.append((time.perf_counter() - start) * 1000)
+        paired[int(path == "routed"), i] = out[-1]
+        if status != 200:
+            errors[path] += 1
+            if len(reasons) < 5:
+                reasons.append(f"{path}: HTTP {status}")
+        elif path == "routed":
+            value = _header(head, HEADER)
+            if value is not None:
+                header.append(value)
+
+    tasks = []
+    begin = time.perf_counter()
+    late = 0
+    for i in range(n):
+        # a fixed schedule: request i leaves at i / rate, whatever the answers do
+        delay = begin + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            late += 1  # the load generator itself fell behind its schedule
+        tasks.append(asyncio.create_task(one(direct_client, direct, "direct", i)))
+        tasks.append(asyncio.create_task(one(routed_client, routed, "routed", i)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - begin
+    direct_client.close()
+    routed_client.close()
     d, r, h = np.array(direct), np.array(routed), np.array(header)
-
-    def pct(a: np.ndarray, q: float) -> float | None:
-        return float(np.percentile(a, q)) if a.size else None
-
-    return {
+    row: dict[str, Any] = {
         "rate_rps": rate,
+        "total_rps": 2 * rate,
         "requests_per_path": n,
-        "achieved_rps_per_path": len(r) / elapsed,
-        "errors": errors,
-        **{f"direct_p{q}_ms": pct(d, q) for q in (50, 95, 99)},
-        **{f"routed_p{q}_ms": pct(r, q) for q in (50, 95, 99)},
-        **{f"overhead_p{q}_ms": (pct(r, q) or 0) - (pct(d, q) or 0) for q in (50, 95, 99)},
-        **{f"in_router_p{q}_ms": pct(h, q) for q in (50, 95, 99)},
+        "achieved_rps_per_path": (len(r) + errors["routed"]) / elapsed,
+        "errors_direct": errors["direct"],
+        "errors_routed": errors["routed"],
+        "late_sends": late,
+        "stale_connection_retries": direct_client.retries + routed_client.retries,
+        "error_samples": reasons,
     }
+    row.update({f"direct_p{q}_ms": _pct(d, q) for q in (50, 95, 99)})
+    row.update({f"routed_p{q}_ms": _pct(r, q) for q in (50, 95, 99)})
+    row.update({f"overhead_p{q}_ms": (_pct(r, q) or 0) - (_pct(d, q) or 0) for q in (50, 95, 99)})
+    # the same request pair's routed minus direct latency: less sensitive than the difference
+    # of percentiles to the direct path's own queueing on a shared machine
+    diff = paired[1] - paired[0]
+    diff = diff[~np.isnan(diff)]
+    row.update({f"paired_overhead_p{q}_ms": _pct(diff, q) for q in (50, 95, 99)})
+    row.update({f"in_router_p{q}_ms": _pct(h, q) for q in (50, 95, 99)})
+    return row
+
+
+def _measured(
+    rate: float, seconds: float, pids: dict[str, int], run: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``run()`` plus the CPU each process spent per request meanwhile."""
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    wall = time.perf_counter()
+    row = run()
+    wall = time.perf_counter() - wall
+    n = row["requests_per_path"]
+    for name, pid in pids.items():
+        spent = _cpu_seconds(pid) - before[name]
+        row[f"{name}_cpu_ms_per_req"] = 1000 * spent / n
+        row[f"{name}_cpu_share"] = spent / wall  # of one core
+    return row
+
+
+@contextlib.contextmanager
+def _affinity(cpus: set[int] | None) -> Iterator[None]:
+    if cpus is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
 def run_overhead(
-    config_path: str, bundle_path: str, rates: list[float], seconds: float, workdir: Path
+    config_path: str,
+    bundle_path: str,
+    rates: list[float],
+    seconds: float,
+    workdir: Path,
+    upstream_kind: str = "mock",
+    pin: bool = False,
 ) -> list[dict[str, Any]]:
-    """Start the upstream and the router, run each rate, stop both; one row per rate."""
+    """Start the upstream and the router, run each rate, stop both; one row per rate.
+
+    ``upstream_kind``: ``"mock"`` (:mod:`training.mock_upstream`) or ``"replay"`` (the replay
+    backend, ``--time-scale 0``). ``pin``: router on CPU 0, upstream and load generator on CPU 1.
+    """
+    if upstream_kind not in ("mock", "replay"):
+        raise ValueError(f"upstream: expected 'mock' or 'replay', got {upstream_kind!r}")
+    if pin and len(os.sched_getaffinity(0)) < 2:
+        raise ValueError("pin: needs at least 2 CPUs")
+    router_cpus, other_cpus = ({0}, {1}) if pin else (None, None)
     workdir.mkdir(parents=True, exist_ok=True)
     up_port, router_port = _free_port(), _free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     raw = yaml.safe_load(Path(config_path).read_text())
     for model in raw["models"]:
         model["provider"]["base_url"] = upstream
+        model.pop("instances", None)
     raw["tenants"] = []
     raw.setdefault("events", {})["directory"] = str(workdir / "events")
     config = workdir / "router.yaml"
     config.write_text(yaml.safe_dump(raw))
+    direct_model = raw["models"][0]["name"]
     cli = [sys.executable, "-m", "router.cli"]
-    procs = [
-        subprocess.Popen(
-            [*cli, "replay", "--dataset", "bundled", "--port", str(up_port), "--time-scale", "0"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-        subprocess.Popen(
-            [
-                *cli,
-                "serve",
-                "--config",
-                str(config),
-                "--bundle",
-                bundle_path,
-                "--port",
-                str(router_port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ),
-    ]
+    if upstream_kind == "mock":
+        up_cmd = [sys.executable, "-m", "training.mock_upstream", "--port", str(up_port)]
+    else:
+        up_cmd = [*cli, "replay", "--dataset", "bundled", "--port", str(up_port)]
+        up_cmd += ["--time-scale", "0"]
+    router_cmd = [*cli, "serve", "--config", str(config), "--bundle", bundle_path]
+    router_cmd += ["--port", str(router_port)]
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = {
+        "upstream": subprocess.Popen(up_cmd, preexec_fn=_pinned(other_cpus), **quiet),
+        "router": subprocess.Popen(router_cmd, preexec_fn=_pinned(router_cpus), **quiet),
+    }
     try:
         _wait(f"http://127.0.0.1:{up_port}/healthz")
         _wait(f"http://127.0.0.1:{router_port}/healthz")
@@ -138,13 +330,28 @@ def run_overhead(
             "model": "auto",
             "messages": [{"role": "user", "content": "Say hello in one word."}],
         }
-        router = f"http://127.0.0.1:{router_port}/v1"
-        asyncio.run(_run_rate(20, 2, upstream, router, body))  # warm-up
-        return [asyncio.run(_run_rate(rate, seconds, upstream, router, body)) for rate in rates]
+        up, rt = ("127.0.0.1", up_port), ("127.0.0.1", router_port)
+        pids = {name: proc.pid for name, proc in procs.items()} | {"loadgen": os.getpid()}
+        install_uvloop()
+        rows = []
+        with _affinity(other_cpus):
+            asyncio.run(_run_rate(50, 3, up, rt, body, direct_model))  # warm-up
+            for rate in rates:
+                row = _measured(
+                    rate,
+                    seconds,
+                    pids,
+                    lambda rate=rate: asyncio.run(  # type: ignore[misc]
+                        _run_rate(rate, seconds, up, rt, body, direct_model)
+                    ),
+                )
+                rows.append({"upstream": upstream_kind, "pinned": pin, **row})
+        return rows
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=20)
+        asyncio.set_event_loop_policy(None)
 
 
 def main_rows(rows: list[dict[str, Any]]) -> str:

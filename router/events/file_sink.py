@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from router.errors import DatasetError
-from router.events.models import Event, event_from_record, event_to_record
+from router.events.models import Event, event_from_record, event_to_json
 from router.events.writer import BackgroundEventWriter
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class FileEventSink(BackgroundEventWriter):
     # ---- writer thread -------------------------------------------------------------------
     def _write_batch(self, events: list[Event]) -> None:
         for event in events:
-            line = (json.dumps(event_to_record(event), separators=(",", ":")) + "\n").encode()
+            line = event_to_json(event) + b"\n"
             if self._file is None or (self._size and self._size + len(line) > self.max_bytes):
                 self._rotate()
             assert self._file is not None

@@ -173,6 +173,15 @@ def event_to_record(event: _Event) -> dict[str, Any]:
     return {"kind": event.kind, **event.model_dump(mode="json")}
 
 
+def event_to_json(event: _Event) -> bytes:
+    """:func:`event_to_record` as compact UTF-8 JSON, by pydantic-core's serializer (~10x
+    faster than ``json.dumps(event_to_record(event))`` on a 29-model decision). The same keys
+    in the same order and the same values; only number spelling may differ (``2.24e-6`` where
+    ``json.dumps`` writes ``2.24e-06``) and non-ASCII text is written as UTF-8, not escaped."""
+    body = event.__pydantic_serializer__.to_json(event)
+    return b'{"kind":"' + event.kind.encode() + b'",' + body[1:]
+
+
 def event_from_record(record: dict[str, Any]) -> Event:
     """Inverse of :func:`event_to_record`.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from abc import ABC, abstractmethod
 from types import TracebackType
 
@@ -39,6 +40,12 @@ class BackgroundEventWriter(ABC):
         Most events handed to one :meth:`_write_batch` call.
     idle_s : float
         Poll period of the writer when the queue is empty.
+    linger_s : float
+        After writing a batch smaller than ``batch_size`` the writer waits this long before
+        taking the next one, so that under load events are written in batches and the request
+        path's ``queue.put`` rarely has to wake the writer thread (each wake-up is a futex call
+        and a GIL hand-over on the serving thread; at 2 events per request that was ~3% of the
+        gateway's CPU). Accepted events reach the sink that much later; 0 disables it.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class BackgroundEventWriter(ABC):
         put_timeout_s: float = 0.05,
         batch_size: int = 512,
         idle_s: float = 0.2,
+        linger_s: float = 0.01,
     ) -> None:
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -54,10 +62,13 @@ class BackgroundEventWriter(ABC):
             raise ValueError(f"put_timeout_s must be >= 0, got {put_timeout_s}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
         self.queue_size = queue_size
         self.put_timeout_s = put_timeout_s
         self.batch_size = batch_size
         self.idle_s = idle_s
+        self.linger_s = linger_s
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -175,6 +186,8 @@ class BackgroundEventWriter(ABC):
                 finally:
                     for _ in items:
                         self._queue.task_done()
+                if not stop and len(items) < self.batch_size and self.linger_s > 0:
+                    time.sleep(self.linger_s)  # let the next batch gather (see linger_s)
         except BaseException as exc:  # the thread must record why it stopped, whatever it was
             logger.exception("event log writer stopped")
             if self._error is None:
