@@ -103,6 +103,16 @@ def test_load_events_names_a_bad_source(tmp_path: Path) -> None:
         list(load_events(tmp_path))
 
 
+def test_since_selects_by_decision_time_without_orphans(logs: Path) -> None:
+    everything = join_events(read_events(logs))
+    cut = float(everything["timestamp"].quantile(0.6))
+    joined = join_events(load_events(logs, since=cut))
+    assert len(joined) == int((everything["timestamp"] >= cut).sum()) > 0
+    assert joined["timestamp"].min() >= cut
+    assert joined.attrs["n_orphans"] == 0  # outcomes of earlier decisions were left out
+    assert joined["has_outcome"].all()
+
+
 def test_select_learnable_counts_what_it_leaves_out(logs: Path, cold: PolicyBundle) -> None:
     joined = join_events(read_events(logs))
     joined.loc[joined.index[:5], "has_outcome"] = False
@@ -185,11 +195,19 @@ def _loop(uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path) -> None:
     report_files = [a.path for a in client.list_artifacts(first.run_id, "evaluation")]
     assert any(p.endswith(".html") for p in report_files)
     loaded = registry.load_bundle("2", tracking_uri=uri)
-    assert loaded.version == registry.load_bundle("2", tracking_uri=uri).version
+    assert loaded.version != cold.version  # the candidate, not the champion it started from
+    assert client.get_model_version(registry.MODEL_NAME, "2").tags["bundle_version"] == (
+        loaded.version
+    )
+    learned_until = loaded.provenance["trained_through"]
 
     # a gate that cannot be met: the candidate stays @challenger and the reason says why
     strict = RetrainConfig(**{**config.__dict__, "gate": GateConfig(min_ess=1e9)})
     second = retrain(strict)
+    # warm-started from v2, it learns only what v2 has not: decisions after its training window
+    all_decisions = join_events(read_events(logs))
+    assert second.stats["n_decisions"] == int((all_decisions["timestamp"] > learned_until).sum())
+    assert float(client.get_run(second.run_id).data.params["since"]) > learned_until
     assert not second.decision.promote
     assert "effective sample size" in second.decision.reason
     assert registry.alias_version("champion", tracking_uri=uri) == "2"
@@ -240,3 +258,108 @@ def test_pyfunc_model_routes_prompts(sqlite_uri: str, cold: PolicyBundle) -> Non
     registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
     assert source.current_version() == version
     assert source.load(version).version == cold.version
+
+
+# ---- the gate, unit by unit ---------------------------------------------------------------------
+class FakeEvaluation:
+    def __init__(self, ess: float, delta: float, low: float, high: float, same: bool = True):
+        self.diagnostics = {"candidate": {"ess": ess}, "champion": {"ess": 1000.0}}
+        self._imp = {"delta": delta, "low": low, "high": high, "alpha": 0.05}
+        self._imp["same_reward_spec"] = same
+
+    def improvement(self, candidate: str, baseline: str, estimator: str = "dr") -> dict:
+        return self._imp
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "config", "promote", "reason"),
+    [
+        (FakeEvaluation(500, 0.05, 0.01, 0.09), GateConfig(), True, "above margin"),
+        (FakeEvaluation(50, 0.05, 0.01, 0.09), GateConfig(), False, "effective sample size 50"),
+        (FakeEvaluation(500, 0.05, -0.01, 0.09), GateConfig(), False, "lower bound -0.0100"),
+        (FakeEvaluation(500, 0.05, 0.01, 0.09), GateConfig(margin=0.02), False, "margin +0.0200"),
+        (FakeEvaluation(500, 0.05, 0.01, 0.09, same=False), GateConfig(), False, "reward specs"),
+    ],
+)
+def test_gate_decisions(evaluation, config, promote: bool, reason: str) -> None:
+    from training.promote import gate
+
+    decision = gate(evaluation, config=config)
+    assert decision.promote is promote
+    assert reason in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"min_ess": 0}, "--min-ess"),
+        ({"margin": float("nan")}, "--margin"),
+        ({"estimator": "dros"}, "--estimator"),
+        ({"alpha": 1.5}, "alpha"),
+    ],
+)
+def test_gate_config_errors_name_the_option(kwargs: dict, match: str) -> None:
+    from router.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        GateConfig(**kwargs)
+
+
+@pytest.mark.parametrize("holdout", [0.0, 1.0, -0.1])
+def test_retrain_config_checks_the_holdout(holdout: float) -> None:
+    from router.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--holdout"):
+        RetrainConfig(events="x", holdout=holdout)
+
+
+def test_pending_feedback_is_left_out_not_imputed(logs: Path, cold: PolicyBundle) -> None:
+    joined = join_events(read_events(logs))
+    horizon = float(joined["timestamp"].quantile(0.5))
+    rows = select_learnable(
+        joined, cold.featurizer.version_, cold.reward, cold.catalogue.names, horizon
+    )
+    late_unrated = joined["quality_imputed"] & (joined["timestamp"] > horizon)
+    assert rows.excluded["pending_feedback"] == int(late_unrated.sum()) > 0
+    kept = rows.frame
+    assert not (kept["quality_imputed"] & (kept["timestamp"] > horizon)).any()
+    assert (kept["quality_imputed"] & (kept["timestamp"] <= horizon)).any()  # past the window
+
+
+def test_rollback_walks_back_from_the_last_entry(sqlite_uri: str, cold: PolicyBundle) -> None:
+    with registry.start_training_run(sqlite_uri, "history"):
+        one = registry.log_bundle(cold)
+        two = registry.log_bundle(cold)
+    for version in (one, two, one):  # an operator moved @champion back by hand
+        registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
+    assert registry.champion_history(tracking_uri=sqlite_uri) == [one, two, one]
+    registry.set_alias("challenger", one, "test", tracking_uri=sqlite_uri)
+    assert registry.rollback(tracking_uri=sqlite_uri) == (one, two)
+    # the rolled-back version is not left canaried
+    assert registry.alias_version("challenger", tracking_uri=sqlite_uri) is None
+
+
+@pytest.mark.slow
+def test_offline_loop_and_its_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rounds of the closed loop with simulated traffic: the demo's outputs are written."""
+    from training.demo import run_demo
+    from training.loop import LoopConfig
+
+    monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))
+    config = LoopConfig(
+        rounds=2, requests_per_round=400, gate=GateConfig(min_ess=20), n_bootstrap=100, n_test=200
+    )
+    summary = run_demo(tmp_path / "out", tmp_path / "work", config, offline=True)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert all(np.isfinite(r["test_reward_candidate"]) for r in summary["rounds"])
+    assert len(summary["curve"]) == 7
+    for name in ("demo.md", "demo.json", "demo_reward.png", "demo_quality_cost.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    # a second run may empty the work dir it made, never someone else's
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    from router.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="refusing to delete"):
+        run_demo(tmp_path / "out", tmp_path / "mine", config, offline=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"

@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import platform
 import shutil
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from router.bundle import PolicyBundle, train_bundle
+from router.errors import ConfigError
 from training.datasets import RoutingDataset, load_dataset
 from training.loop import LoopConfig, RoundResult, SimulatedTraffic, final_value, run_loop
 from training.tracking import use_experiment
@@ -55,6 +59,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+MARKER = ".polyroute-demo"
+
+
+def _fresh_work_dir(work_dir: Path) -> None:
+    """Empty ``work_dir`` for a new run, but only if a demo made it (or it is empty)."""
+    if work_dir.exists():
+        if not work_dir.is_dir():
+            raise ConfigError(f"--work-dir: {work_dir} exists and is not a directory")
+        if any(work_dir.iterdir()) and not (work_dir / MARKER).is_file():
+            raise ConfigError(
+                f"--work-dir: {work_dir} is not empty and was not made by polyroute demo "
+                f"(no {MARKER} file): refusing to delete it; pick another directory"
+            )
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    (work_dir / MARKER).write_text("made by polyroute demo; emptied at the next run\n")
+
+
 class _Server:
     """A uvicorn server on a background thread (started and stopped by the demo)."""
 
@@ -71,6 +93,8 @@ class _Server:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError(f"server on port {self.port} exited while starting")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server on port {self.port} did not start within 30 s")
             time.sleep(0.05)
@@ -165,7 +189,7 @@ class GatewayTraffic:
                             model=self.profile,
                             messages=[{"role": "user", "content": text}],
                         )
-                    except openai.APIError as exc:
+                    except (openai.APIError, httpx.HTTPError) as exc:
                         logger.warning("request failed: %s", exc)
                         return None
                     completion = raw.parse()
@@ -174,11 +198,14 @@ class GatewayTraffic:
                         return None
                     decision_id = raw.headers["x-polyroute-decision-id"]
                     if feedback:
-                        response = await http.post(
-                            "/v1/feedback",
-                            json={"decision_id": decision_id, "quality": float(score)},
-                        )
-                        response.raise_for_status()
+                        try:
+                            response = await http.post(
+                                "/v1/feedback",
+                                json={"decision_id": decision_id, "quality": float(score)},
+                            )
+                            response.raise_for_status()
+                        except httpx.HTTPError as exc:  # the answer counts; its rating is lost
+                            logger.warning("feedback for %s failed: %s", decision_id, exc)
                     return {
                         "score": float(score),
                         "cost": float(raw.headers.get("x-polyroute-cost-usd", 0.0)),
@@ -222,8 +249,8 @@ def run_demo(
     from training import registry
 
     registry.quiet_mlflow()
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
+    work_dir, out_dir = work_dir.resolve(), out_dir.resolve()
+    _fresh_work_dir(work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     use_experiment(registry.TRAINING_EXPERIMENT, tracking_uri)
@@ -293,18 +320,18 @@ def _run_through_service(
     replay_url = f"http://127.0.0.1:{replay_port}/v1"
     gateway_config = _gateway_config(replay_url, tracking_uri, events_dir, config.models or [])
     sink = FileEventSink(events_dir, put_timeout_s=0.0)
-    app = create_app(gateway_config, cold, sink, seed=config.seed)
-    traffic = GatewayTraffic(
-        f"http://127.0.0.1:{gateway_port}/v1",
-        app,
-        sink,
-        config.requests_per_round,
-        config.feedback_share,
-        concurrency=concurrency,
-        seed=config.seed,
-    )
-    replay_app = create_replay_app(data, ReplayConfig(time_scale=0.0))
     try:
+        app = create_app(gateway_config, cold, sink, seed=config.seed)
+        traffic = GatewayTraffic(
+            f"http://127.0.0.1:{gateway_port}/v1",
+            app,
+            sink,
+            config.requests_per_round,
+            config.feedback_share,
+            concurrency=concurrency,
+            seed=config.seed,
+        )
+        replay_app = create_replay_app(data, ReplayConfig(time_scale=0.0))
         with _Server(replay_app, replay_port), _Server(app, gateway_port):
             print(
                 f"replay backends {replay_url}, gateway http://127.0.0.1:{gateway_port}/v1, "
@@ -452,8 +479,15 @@ def _write_outputs(out_dir: Path, summary: dict[str, Any], trace: list[dict[str,
     fig.savefig(out_dir / "demo_quality_cost.png", dpi=120)
     plt.close(fig)
 
+    command = " ".join(["polyroute", *sys.argv[1:]]) if sys.argv[0].endswith("polyroute") else ""
     lines = [
         f"# polyroute demo ({summary['mode']})",
+        "",
+        f"Command: `{command or 'training.demo.run_demo(...)'}`  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
+        f"{os.cpu_count()} cores, {platform.system()} {platform.machine()}, Python "
+        f"{platform.python_version()}; the same prompts, seeds and models give the same table "
+        "up to the service's request interleaving.",
         "",
         f"Rounds of {per} requests among {len(summary['config']['models'])} models; gate: "
         f"{summary['config']['gate']}. Total {summary['seconds']:.0f} s.",

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from router.bundle import PolicyBundle
+from router.errors import ConfigError
 from router.policy.base import Policy
 from training import registry
 from training.datasets import RoutingDataset
@@ -93,6 +94,10 @@ class HeldOutValue:
         self.costs = bundle.catalogue.expected_cost(self.x, tokens)
         self.latencies = bundle.catalogue.expected_latency(self.x)
         self.catalogue = bundle.catalogue
+        if bundle.reward.w_latency:
+            raise ConfigError(
+                "the loop's test-split value has no latency term: w_latency must be 0 here"
+            )
 
     @classmethod
     def sample(cls, bundle: PolicyBundle, data: RoutingDataset, config: LoopConfig) -> HeldOutValue:
@@ -131,10 +136,7 @@ def run_loop(
     value = HeldOutValue.sample(base, data, config)
     results = []
     for r in range(config.rounds):
-        version = registry.alias_version(registry.CHAMPION, tracking_uri=tracking_uri)
-        champion = (
-            base if version is None else registry.load_bundle(version, tracking_uri=tracking_uri)
-        )
+        champion = _champion(base, tracking_uri)
         before = value(champion.policy)
         served = traffic.serve_round(r, champion, train)
         retrain_start = time.perf_counter()
@@ -150,6 +152,7 @@ def run_loop(
                 seed=config.seed + r,
             )
         )
+        retrain_seconds = time.perf_counter() - retrain_start
         result = RoundResult(
             round=r,
             champion_version=outcome.champion_version,
@@ -168,7 +171,7 @@ def run_loop(
             test_reward_candidate=value(
                 registry.load_bundle(outcome.version, tracking_uri=tracking_uri).policy
             )[0],
-            retrain_seconds=time.perf_counter() - retrain_start,
+            retrain_seconds=retrain_seconds,
         )
         logger.info("round %d: %s", r, asdict(result))
         results.append(result)

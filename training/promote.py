@@ -5,11 +5,14 @@ Rule (checked in this order; the first that fails is the recorded reason):
 1. the evaluation has the candidate and the champion on the same held-out logged decisions;
 2. the effective sample size of the candidate's importance weights, ``(Σw)² / Σw²``, is at
    least ``min_ess`` (with fewer, the interval below is not to be trusted: Owen 2013, §9.4);
-3. the lower bound of the ``1 - alpha`` interval of the improvement ``V(candidate) -
+3. candidate and champion are valued under the same reward spec (the retraining evaluates the
+   champion under the candidate's weights);
+4. the lower bound of the ``1 - alpha`` interval of the improvement ``V(candidate) -
    V(champion)``, estimated by ``estimator`` (default doubly robust) with a paired bootstrap over
    the same resampled decisions, is above ``margin``.
 
-Passing all three moves ``@champion`` to the candidate; otherwise it becomes ``@challenger``.
+Passing all of them moves ``@champion`` to the candidate (and removes ``@challenger``, so no
+stale candidate stays canaried); otherwise it becomes ``@challenger``.
 Either way the decision, its reason and its numbers are written to the active MLflow run
 (params ``gate.*``, metrics ``gate.*``, tag ``gate.decision``) and to the model version's tags.
 """
@@ -17,10 +20,14 @@ Either way the decision, its reason and its numbers are written to the active ML
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from router.errors import ConfigError
 from training import registry
+
+# estimators the evaluation computes by default (training.evaluate.DEFAULT_ESTIMATORS)
+GATE_ESTIMATORS = ("dr", "snipw", "ipw", "switch_dr", "dm")
 
 
 @dataclass(frozen=True)
@@ -34,11 +41,15 @@ class GateConfig:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.margin):
-            raise ValueError(f"margin must be finite, got {self.margin}")
-        if self.min_ess < 1:
-            raise ValueError(f"min_ess must be >= 1, got {self.min_ess}")
+            raise ConfigError(f"--margin: must be a finite number, got {self.margin}")
+        if not self.min_ess >= 1:
+            raise ConfigError(f"--min-ess: must be >= 1, got {self.min_ess}")
         if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+            raise ConfigError(f"alpha: must be in (0, 1), got {self.alpha}")
+        if self.estimator not in GATE_ESTIMATORS:
+            raise ConfigError(
+                f"--estimator: must be one of {GATE_ESTIMATORS}, got {self.estimator!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,10 @@ class GateDecision:
     ess: float
     estimator: str
     margin: float
+
+    def overruled(self, why: str) -> GateDecision:
+        """The same evidence, not promoted, with ``why`` ahead of the gate's own reason."""
+        return replace(self, promote=False, reason=f"{why}; the gate said: {self.reason}")
 
     def as_metrics(self) -> dict[str, float]:
         return {
@@ -83,7 +98,13 @@ def gate(
     ess = float(evaluation.diagnostics[candidate]["ess"])
     imp = evaluation.improvement(candidate, champion, estimator=config.estimator)
     delta, low, high = float(imp["delta"]), float(imp["low"]), float(imp["high"])
-    level = f"{100 * (1 - config.alpha):.0f}%"
+    level = f"{100 * (1 - float(imp['alpha'])):.0f}%"
+    if not imp.get("same_reward_spec", True):
+        reason = (
+            "candidate and champion were valued under different reward specs: their values "
+            "are not comparable (evaluate the champion under the candidate's reward)"
+        )
+        return GateDecision(False, reason, delta, low, high, ess, config.estimator, config.margin)
     if ess < config.min_ess:
         reason = (
             f"effective sample size {ess:.0f} < {config.min_ess:.0f}: too little overlap with the "
@@ -115,6 +136,9 @@ def apply_decision(
 
     alias = registry.CHAMPION if decision.promote else registry.CHALLENGER
     registry.set_alias(alias, version, decision.reason, model_name, tracking_uri)
+    if decision.promote:
+        # an older rejected candidate must not stay canaried against the new champion
+        registry.delete_alias(registry.CHALLENGER, model_name, tracking_uri)
     if mlflow.active_run() is not None:
         mlflow.log_metrics(decision.as_metrics())
         mlflow.set_tags(

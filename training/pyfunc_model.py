@@ -3,7 +3,9 @@
 ``predict`` takes a DataFrame with a ``prompt`` column (optionally ``input_tokens``) and returns,
 per row, the policy's most probable model over every model of the bundle, its probability and
 the full pmf as JSON. The service does not go through this (it loads the bundle directory
-itself); it is there so a registered policy can be inspected and scored from any MLflow client.
+itself); it is there so a registered policy can be inspected and scored with
+``mlflow.pyfunc.load_model`` from any environment where polyroute is installed (the model
+imports its packages rather than carrying a copy of them).
 """
 
 from __future__ import annotations

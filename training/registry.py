@@ -107,8 +107,10 @@ def alias_version(
 
     try:
         return str(_client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise  # an unreachable or broken registry is an error, not "no alias"
 
 
 def load_bundle(
@@ -133,14 +135,41 @@ def load_bundle(
     return bundle
 
 
+def _missing(exc: Exception) -> bool:
+    """True when MLflow says the model or the alias does not exist, as opposed to failing
+    (``TEMPORARILY_UNAVAILABLE``, a lost database connection: those must not read as "none")."""
+    return str(getattr(exc, "error_code", "")) in (
+        "RESOURCE_DOES_NOT_EXIST",  # no such registered model
+        "INVALID_PARAMETER_VALUE",  # no such alias (MLflow 3.x)
+    )
+
+
+def delete_alias(alias: str, model_name: str = MODEL_NAME, tracking_uri: str | None = None) -> bool:
+    """Remove ``alias`` if it exists; returns whether it did."""
+    from mlflow.exceptions import MlflowException
+
+    if alias_version(alias, model_name, tracking_uri) is None:
+        return False
+    try:
+        _client(tracking_uri).delete_registered_model_alias(model_name, alias)
+    except MlflowException as exc:
+        if _missing(exc):
+            return False
+        raise
+    logger.info("%s@%s removed", model_name, alias)
+    return True
+
+
 def champion_history(model_name: str = MODEL_NAME, tracking_uri: str | None = None) -> list[str]:
     """Versions that have been ``@champion``, oldest first (the current one last)."""
     from mlflow.exceptions import MlflowException
 
     try:
         model = _client(tracking_uri).get_registered_model(model_name)
-    except MlflowException:
-        return []
+    except MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
     return list(json.loads(model.tags.get(_HISTORY_TAG, "[]")))
 
 
@@ -181,7 +210,7 @@ def rollback(
     if current is None:
         raise PolicyError(f"{model_name}: no @{CHAMPION} to roll back")
     if current in history:
-        history = history[: history.index(current)]
+        history = history[: len(history) - 1 - history[::-1].index(current)]  # its last entry
     if not history:
         raise PolicyError(
             f"{model_name}: @{CHAMPION} is version {current} and no earlier champion is recorded"
@@ -191,6 +220,8 @@ def rollback(
     client.set_registered_model_tag(model_name, _HISTORY_TAG, json.dumps(history))
     client.set_model_version_tag(model_name, current, "rolled_back", reason[:4000])
     client.set_model_version_tag(model_name, previous, f"{CHAMPION}.reason", f"{reason} (restored)")
+    if alias_version(CHALLENGER, model_name, tracking_uri) == current:
+        delete_alias(CHALLENGER, model_name, tracking_uri)  # do not canary what was rolled back
     logger.info("%s@%s rolled back %s -> %s: %s", model_name, CHAMPION, current, previous, reason)
     return current, previous
 

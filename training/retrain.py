@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from router.bundle import PolicyBundle
-from router.errors import PolicyError
+from router.errors import ConfigError, PolicyError
 from router.policy.base import RewardSpec
 from training import registry
 from training.promote import GateConfig, GateDecision, apply_decision, gate
@@ -31,6 +31,7 @@ from training.train import (
     DEFAULT_JOIN_WINDOW_S,
     DEFAULT_QUALITY,
     TrainResult,
+    copy_policy,
     load_events,
     parse_since,
     train_from_logs,
@@ -59,6 +60,21 @@ class RetrainConfig:
     n_bootstrap: int = 1000
     seed: int = 0
     promote: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(
+                f"--holdout: the share of the latest decisions kept for evaluation must be in "
+                f"(0, 1), got {self.holdout}"
+            )
+        if self.join_window_s < 0:
+            raise ConfigError(f"--join-window-s: must be >= 0, got {self.join_window_s}")
+        if self.n_bootstrap < 1:
+            raise ConfigError(f"--n-bootstrap: must be >= 1, got {self.n_bootstrap}")
+        for name in ("w_cost", "w_latency"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {value}")
 
 
 @dataclass
@@ -162,11 +178,19 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
         default_quality=config.default_quality,
         seed=config.seed,
     )
+    # the champion is judged under the candidate's reward (its pmf does not depend on it), so
+    # a change of weights cannot pass for an improvement
+    judged = PolicyBundle(
+        champion.featurizer,
+        champion.catalogue,
+        copy_policy(champion.policy, result.candidate.reward),
+        champion.provenance,
+    )
     with registry.start_training_run(config.tracking_uri, "retrain") as run:
         _log_run(config, result, champion_version, since)
         evaluation = evaluate_policies(
             result.holdout_rows.frame,
-            {"candidate": result.candidate, "champion": champion},
+            {"candidate": result.candidate, "champion": judged},
             n_bootstrap=config.n_bootstrap,
             seed=config.seed,
             alpha=config.gate.alpha,
@@ -202,17 +226,14 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
             config.model_name,
             {"champion_at_training": champion_version, "run": run.info.run_id},
         )
-        if not config.promote:
-            decision = GateDecision(
-                False,
-                f"promotion disabled (--no-promote); the gate said: {decision.reason}",
-                decision.delta,
-                decision.low,
-                decision.high,
-                decision.ess,
-                decision.estimator,
-                decision.margin,
+        now = registry.alias_version(registry.CHAMPION, config.model_name, config.tracking_uri)
+        if decision.promote and now != champion_version:
+            # e.g. an operator rolled back while this ran: never undo that silently
+            decision = decision.overruled(
+                f"@champion moved from v{champion_version} to v{now} during training: not promoted"
             )
+        if not config.promote:
+            decision = decision.overruled("promotion disabled (--no-promote)")
         alias = apply_decision(decision, version, config.model_name, config.tracking_uri)
         return RetrainOutcome(
             run_id=run.info.run_id,

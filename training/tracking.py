@@ -44,7 +44,9 @@ def use_experiment(name: str, tracking_uri: str | None = None) -> str:
     if mlflow.get_experiment_by_name(name) is None:
         location = None
         if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+            location = (
+                (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+            )
         elif not uri.startswith(("http:", "https:", "databricks")):
             location = (default_home() / "mlartifacts").as_uri()  # a database store: local files
         mlflow.create_experiment(name, artifact_location=location)

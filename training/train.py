@@ -8,9 +8,14 @@
    decision without quality feedback in the window gets ``default_quality`` (default 0.0, i.e.
    an unrated answer is not assumed good) and is flagged ``quality_imputed``.
 3. **Select** the rows that can be learned from: the policy chose (no rule override), the
-   outcome is known, and the context features come from the base bundle's featurizer version
-   (the logged features are reused as they are, so the candidate keeps the base bundle's
-   featurizer: no training/serving skew). Everything left out is counted by reason.
+   outcome is known and is the chosen model's (no fallback), the quality is not still pending
+   (a decision without feedback that is within ``join_window_s`` of the log's last decision
+   may yet be rated: it is left out, not learned as unrated), and the context features come
+   from the base bundle's featurizer version (the logged features are reused as they are, so
+   the candidate keeps the base bundle's featurizer: no training/serving skew). Everything
+   left out is counted by reason. Errors are kept: their quality is the default (no rating),
+   their cost what the outcome logged. One reward spec applies to all profiles' decisions
+   (the champion's, or ``--w-cost``/``--w-latency``); per-profile policies are not built.
 4. **Reward** is recomputed from the raw logged components with the target reward spec (the
    profile's weights), never taken from the log: ``quality - w_cost * cost_usd / cost_scale -
    w_latency * latency_ms / latency_scale``.
@@ -40,7 +45,7 @@ import pandas as pd
 from router.bundle import PolicyBundle
 from router.errors import DatasetError
 from router.events.join import join_events
-from router.events.models import Event
+from router.events.models import DecisionEvent, Event
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.vw import VWSquareCBPolicy
 
@@ -75,21 +80,32 @@ def parse_since(value: str | float | None, now: float | None = None) -> float | 
 
 
 def load_events(source: str | Path, since: float | None = None) -> Iterator[Event]:
-    """Events from a file-sink directory or a PostgreSQL DSN (``postgresql://...``)."""
+    """Events from a file-sink directory or a PostgreSQL DSN (``postgresql://...``).
+
+    ``since`` selects by *decision* time: decisions at or after it, with their outcomes and
+    feedback (an outcome of an earlier decision is left out, not turned into an orphan).
+    """
     text = str(source)
+    events: Iterable[Event]
     if text.startswith(("postgresql://", "postgres://")):
         from router.events.postgres_sink import read_events_pg
 
-        yield from read_events_pg(text, since=since)
-        return
-    from router.events.file_sink import event_files, read_events
+        events = read_events_pg(text, since=since)
+    else:
+        from router.events.file_sink import event_files, read_events
 
-    if not Path(text).is_dir():
-        raise DatasetError(f"--events: {text} is not a directory of event files")
-    if not event_files(text):
-        raise DatasetError(f"--events: no event files (events-*.jsonl) in {text}")
-    for event in read_events(text):
-        if since is None or event.timestamp >= since:
+        if not Path(text).is_dir():
+            raise DatasetError(f"--events: {text} is not a directory of event files")
+        if not event_files(text):
+            raise DatasetError(f"--events: no event files (events-*.jsonl) in {text}")
+        events = read_events(text)
+    kept: set[str] = set()
+    for event in events:
+        if isinstance(event, DecisionEvent):
+            if since is None or event.timestamp >= since:
+                kept.add(event.event_id)
+                yield event
+        elif since is None or event.event_id in kept:
             yield event
 
 
@@ -107,6 +123,9 @@ class LoggedRows:
             raise ValueError(f"holdout must be in [0, 1), got {holdout}")
         ordered = self.frame.sort_values("timestamp", kind="stable")
         cut = len(ordered) - round(holdout * len(ordered))
+        times = ordered["timestamp"].to_numpy()
+        while 0 < cut < len(times) and times[cut] == times[cut - 1]:
+            cut += 1  # never split one instant: the next run starts after the last trained one
         return (
             LoggedRows(ordered.iloc[:cut], self.spec, self.excluded),
             LoggedRows(ordered.iloc[cut:], self.spec, {}),
@@ -114,12 +133,25 @@ class LoggedRows:
 
 
 def select_learnable(
-    joined: pd.DataFrame, feature_version: str, spec: RewardSpec, models: Iterable[str]
+    joined: pd.DataFrame,
+    feature_version: str,
+    spec: RewardSpec,
+    models: Iterable[str],
+    feedback_horizon: float | None = None,
 ) -> LoggedRows:
-    """Keep the rows a policy can learn from and recompute their reward under ``spec``."""
+    """Keep the rows a policy can learn from and recompute their reward under ``spec``.
+
+    ``feedback_horizon``: decisions after it whose feedback has not arrived are still inside
+    their join window, so their default quality would be a guess, not the rule: they are left
+    out (``pending_feedback``) rather than learned as unrated answers.
+    """
     known = set(models)
     excluded: dict[str, int] = {}
     keep = pd.Series(True, index=joined.index)
+    pending = pd.Series(False, index=joined.index)
+    if feedback_horizon is not None:
+        pending = joined["quality_imputed"].astype(bool) & (joined["timestamp"] > feedback_horizon)
+    fallback = joined["fallback_used"].eq(True)  # None (no outcome) counts as no fallback
     reasons = [
         ("rule_override", ~joined["learnable"].astype(bool)),
         ("no_outcome", ~joined["has_outcome"].astype(bool)),
@@ -128,6 +160,9 @@ def select_learnable(
             "unknown_model",
             ~joined["eligible_models"].map(lambda names: set(names) <= known).astype(bool),
         ),
+        # the outcome (and any rating) belongs to the fallback model, not the logged choice
+        ("fallback_used", fallback),
+        ("pending_feedback", pending),
     ]
     for reason, mask in reasons:
         hit = keep & mask
@@ -223,14 +258,26 @@ def train_from_logs(
     spec = reward or base.reward
     joined = join_events(events, join_window_s=join_window_s, default_quality=default_quality)
     if joined.empty:
-        raise DatasetError("no decision events in the selected window: nothing to train on")
-    rows = select_learnable(joined, base.featurizer.version_, spec, base.catalogue.names)
+        raise DatasetError(
+            "no decision events in the selected window: nothing to train on (the window starts "
+            "at --since, or after what the warm-start champion already learned)"
+        )
+    # feedback can still arrive for decisions within the join window of the log's last decision
+    horizon = float(joined["timestamp"].max()) - join_window_s
+    rows = select_learnable(
+        joined, base.featurizer.version_, spec, base.catalogue.names, feedback_horizon=horizon
+    )
     if len(rows.frame) < min_rows:
         raise DatasetError(
             f"only {len(rows.frame)} learnable decisions (need >= {min_rows}); "
             f"left out: {rows.excluded}"
         )
     train_rows, holdout_rows = rows.split(holdout)
+    if len(train_rows.frame) < 2 or (holdout > 0 and len(holdout_rows.frame) < 2):
+        raise DatasetError(
+            f"--holdout {holdout} leaves {len(train_rows.frame)} decisions to train on and "
+            f"{len(holdout_rows.frame)} to evaluate on: need at least 2 on each side"
+        )
     if warm_start:
         policy = copy_policy(base.policy, spec)
     else:
