@@ -507,6 +507,12 @@ def _write_outputs(out_dir: Path, summary: dict[str, Any], trace: list[dict[str,
     final_v = summary["final"]
     lines += [
         "",
+        "Reading it: the gate's DR estimate is the candidate's value on the logged traffic (the "
+        "latest decisions of the round, held out from training); the test value is on prompts "
+        "the loop never saw. The traffic draws the train split's prompts with replacement, so "
+        "after a few thousand requests prompts recur and the held-out decisions share prompts "
+        "with the training ones: a candidate can then be better on the traffic (served reward "
+        "up) and worse on new prompts (test value down).",
         f"Final champion test value {final_v['final'][0]:.3f} (quality {final_v['final'][1]:.3f}, "
         f"cost {final_v['final'][2] * 1e6:.1f} µUSD) vs cold start {final_v['cold'][0]:.3f} "
         f"(quality {final_v['cold'][1]:.3f}); best single model reward {best:.3f}; oracle "
