@@ -2,11 +2,11 @@
 
 Each round the current ``@champion`` serves ``requests_per_round`` requests of the dataset's
 train split (through :class:`Traffic`: simulated in-process, or real HTTP through the gateway
-in ``polyroute demo``), the round's logs train a candidate warm-started from the champion,
-off-policy evaluation on the round's latest requests gates it, and a promoted candidate serves
-the next round. After every round the champion's true value on the test split is computed from
-the full-information dataset, so the report shows whether the loop learned, not only whether
-its own estimates say so.
+in ``polyroute demo``), the logs the champion has not learned from train a candidate
+warm-started from it, off-policy evaluation on the latest of those requests gates it, and a
+promoted candidate serves the next round. After every round the champion's true value on the
+test split is computed from the full-information dataset, so the report shows whether the loop
+learned, not only whether its own estimates say so.
 """
 
 from __future__ import annotations

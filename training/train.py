@@ -10,7 +10,9 @@
 3. **Select** the rows that can be learned from: the policy chose (no rule override), the
    outcome is known and is the chosen model's (no fallback), the quality is not still pending
    (a decision without feedback that is within ``join_window_s`` of the log's last decision
-   may yet be rated: it is left out, not learned as unrated), and the context features come
+   may yet be rated: it is left out, not learned as unrated; a later run learns it when it falls
+   after the champion's ``trained_through``, i.e. unless the log is shorter than the join
+   window), and the context features come
    from the base bundle's featurizer version (the logged features are reused as they are, so
    the candidate keeps the base bundle's featurizer: no training/serving skew). Everything
    left out is counted by reason. Errors are kept: their quality is the default (no rating),
