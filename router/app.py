@@ -39,7 +39,13 @@ from router.bundle import PolicyBundle
 from router.canary import Arm, CanaryController
 from router.config import ModelConfig, RouterConfig, TenantConfig, load_config
 from router.eligibility import RequestHints
-from router.errors import ConfigError, NoEligibleModelError, PolyrouteError, RequestError
+from router.errors import (
+    ConfigError,
+    NoEligibleModelError,
+    OverloadedError,
+    PolyrouteError,
+    RequestError,
+)
 from router.events.errors import EventLogError
 from router.events.file_sink import FileEventSink
 from router.events.models import (
@@ -144,6 +150,7 @@ class Gateway:
         self.pickers = {m.name: InstancePicker(m) for m in config.models}
         self.tenants = {t.api_key_sha256: t for t in config.tenants}
         self.recent: OrderedDict[str, float] = OrderedDict()  # decision id -> feedback seen
+        self.in_flight = 0  # routed requests being handled (until the response starts)
         self.client: UpstreamClient | None = None
 
     def build_engine(self, bundle: PolicyBundle) -> DecisionEngine:
@@ -374,7 +381,10 @@ def create_app(
     @app.exception_handler(PolyrouteError)
     async def _handle(request: Request, exc: PolyrouteError) -> JSONResponse:
         gateway.metrics.errors.labels(type(exc).__name__).inc()
-        return _error(exc.status_code, str(exc), type(exc).__name__)
+        response = _error(exc.status_code, str(exc), type(exc).__name__)
+        if isinstance(exc, OverloadedError):
+            response.headers["retry-after"] = "1"  # the OpenAI SDKs back off and retry
+        return response
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -453,6 +463,19 @@ def create_app(
         }
 
     async def chat(request: Request) -> Response:
+        # admission: the event loop is single-threaded, so the check and the increment are atomic
+        if gateway.in_flight >= config.max_in_flight:
+            raise OverloadedError(
+                f"overloaded: {gateway.in_flight} requests in flight (max_in_flight "
+                f"{config.max_in_flight}); retry shortly"
+            )
+        gateway.in_flight += 1
+        try:
+            return await _chat(request)
+        finally:
+            gateway.in_flight -= 1
+
+    async def _chat(request: Request) -> Response:
         start = time.perf_counter()
         body = await _json_body(request)
         messages = body.get("messages")

@@ -166,6 +166,10 @@ class RouterConfig(_Strict):
     policy_bundle: str | None = None
     policy: PolicyConfig | None = None  # None: serve the given bundle, no reloading
     admin_api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # routed requests a worker holds at once; more are refused with 503 + Retry-After at once
+    # instead of queueing until every request times out (overhead.md: past ~600 req/s per path a
+    # worker without this cap collapsed into 10-s timeouts)
+    max_in_flight: Annotated[int, Field(ge=1)] = 256
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

@@ -6,6 +6,7 @@
     ├── ConfigError (500)           a setting or config key is invalid; names the key
     ├── DatasetError (422)          a routing dataset or event log is malformed; names file/column
     ├── PolicyError (500)           a policy was used against its contract (unfitted, bad actions)
+    ├── OverloadedError (503)       too many requests in flight; retry after a moment
     └── RequestError (400)          a caller's request is invalid; names the field
         └── NoEligibleModelError (422)  no model may serve the request
 
@@ -31,6 +32,10 @@ class DatasetError(PolyrouteError, ValueError):
 
 class PolicyError(PolyrouteError):
     status_code = 500
+
+
+class OverloadedError(PolyrouteError):
+    status_code = 503
 
 
 class RequestError(PolyrouteError, ValueError):

@@ -601,3 +601,48 @@ def test_sse_reader_reassembles_events_and_strips_the_usage_chunk() -> None:
         assert reader.text == "Hello"
         assert out.endswith(b"data: [DONE]\n\n") and out.count(b"data: ") == 4 - strip
         assert (b'"completion_tokens"' in out) is not strip
+
+
+def test_requests_over_max_in_flight_get_503_and_are_not_logged(config, bundle) -> None:
+    """Admission control: the third concurrent request of a gateway capped at two is refused at
+    once (503, Retry-After) without a decision event; the two in flight are served."""
+    import asyncio
+
+    capped = RouterConfig.model_validate({**config.model_dump(), "max_in_flight": 2})
+    sink = ListSink()
+    fake = FakeUpstream()
+
+    async def run() -> list[httpx.Response]:
+        release = asyncio.Event()
+        arrived = 0
+
+        async def slow_upstream(request: httpx.Request) -> httpx.Response:
+            nonlocal arrived
+            arrived += 1
+            await release.wait()
+            return fake(request)
+
+        app = create_app(capped, bundle, sink, transport=httpx.MockTransport(slow_upstream))
+        body = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as http,
+        ):
+            first = [
+                asyncio.create_task(http.post("/v1/chat/completions", json=body)) for _ in range(2)
+            ]
+            while arrived < 2:
+                await asyncio.sleep(0.01)
+            try:  # refused at once, or it would wait for the upstream: fail, do not hang
+                refused = await asyncio.wait_for(
+                    http.post("/v1/chat/completions", json=body), timeout=5
+                )
+            finally:
+                release.set()
+            return [refused, *await asyncio.gather(*first)]
+
+    refused, *served = asyncio.run(run())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "max_in_flight 2" in refused.json()["error"]["message"]
+    assert [r.status_code for r in served] == [200, 200]
+    assert len(sink.of("decision")) == 2  # the refused request left nothing in the log
