@@ -315,6 +315,7 @@ def create_app(
     source: BundleSource | _FromConfig | None = FROM_CONFIG,
     challenger_source: BundleSource | _FromConfig | None = FROM_CONFIG,
     freeze_gc: bool = False,
+    source_version: str | None = None,
 ) -> FastAPI:
     """Build the gateway.
 
@@ -335,6 +336,9 @@ def create_app(
     challenger_source : BundleSource or None
         The canary's challenger (``router.canary``; needs ``config.policy.canary``). Default:
         the registry alias of ``config.policy.canary``.
+    source_version : str, optional
+        The ``source`` version ``bundle`` was loaded from, when it was (the reloader's first
+        poll then does not download and load the same version again).
     freeze_gc : bool
         At startup, after the warm-up decision, move every object alive (imports, config,
         policy, featurizer: ~200k objects) out of the garbage collector's reach
@@ -350,6 +354,7 @@ def create_app(
     poll_s = config.policy.poll_s if config.policy else 10.0
     if source is not None:
         gateway.add_reloader(source, poll_s, "champion")
+        gateway.reloaders["champion"].source_version = source_version
     if challenger_source is not None:
         if gateway.canary is None:
             raise ConfigError("policy.canary: a challenger source needs a canary config section")
@@ -775,12 +780,13 @@ def registry_source(config: RouterConfig, challenger: bool = False) -> BundleSou
     return source
 
 
-def initial_bundle(source: BundleSource) -> PolicyBundle:
-    """The bundle ``source`` points at now, for a service started without a bundle directory."""
+def initial_bundle(source: BundleSource) -> tuple[str, PolicyBundle]:
+    """The version ``source`` points at now and its bundle, for a service started without a
+    bundle directory."""
     version = source.current_version()
     if version is None:
         raise ConfigError(f"policy.registry: {source!r} has no version to serve yet")
-    return source.load(version)
+    return version, source.load(version)
 
 
 def app_from_env() -> FastAPI:
@@ -803,10 +809,11 @@ def app_from_env() -> FastAPI:
         events = config.events.model_copy(update={"directory": events_dir})
         config = config.model_copy(update={"events": events})
     source = registry_source(config)
+    version = None
     if os.environ.get(ENV_BUNDLE):
         bundle = PolicyBundle.load(os.environ[ENV_BUNDLE])
     elif source is not None:
-        bundle = initial_bundle(source)
+        version, bundle = initial_bundle(source)
     else:
         raise ConfigError(
             f"no policy: set {ENV_BUNDLE} (polyroute serve --bundle) or a 'policy' config section"
@@ -826,6 +833,7 @@ def app_from_env() -> FastAPI:
             owns_sink=True,
             source=source,
             freeze_gc=True,
+            source_version=version,
         )
     except BaseException:
         sink.close()

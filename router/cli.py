@@ -447,17 +447,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from router.events.join import join_events
     from training.evaluate import evaluate_policies
     from training.report import write_report
+    from training.train import load_events
 
-    if args.events.startswith(("postgresql://", "postgres://")):
-        from router.events.postgres_sink import read_events_pg
-
-        events = read_events_pg(args.events, table_prefix=args.table_prefix)
-    else:
-        from router.events import read_events
-
-        if not Path(args.events).is_dir():
-            raise ConfigError(f"--events: {args.events!r} is not an event log directory")
-        events = read_events(args.events)
+    events = load_events(args.events, table_prefix=args.table_prefix)
     policies: dict[str, Any] = {}
     for i, ref in enumerate(args.candidate or []):
         name, _, path = ref.partition("=") if "=" in ref else ("", "", ref)

@@ -243,6 +243,8 @@ def test_serve_without_a_bundle_starts_from_the_registry_alias(
     monkeypatch.setenv(gateway_app.ENV_EVENTS_DIR, str(tmp_path / "events"))
     with TestClient(gateway_app.app_from_env()) as c:
         assert c.get("/readyz").json()["policy_version"] == bundles["2"].version
+        c.post("/admin/reload")  # a poll of the version already serving loads nothing again
+    assert source.loads == ["2"]
     source.current = None
     with pytest.raises(ConfigError, match="no version to serve"):
         gateway_app.app_from_env()

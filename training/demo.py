@@ -14,16 +14,17 @@ PNG).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import platform
 import shutil
-import socket
 import sys
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ import numpy as np
 from router.bundle import PolicyBundle, train_bundle
 from router.errors import ConfigError
 from training.datasets import RoutingDataset, load_dataset
-from training.loop import LoopConfig, RoundResult, SimulatedTraffic, final_value, run_loop
+from training.loop import (
+    HeldOutValue,
+    LoopConfig,
+    RoundResult,
+    SimulatedTraffic,
+    final_value,
+    run_loop,
+)
+from training.overhead import free_port
 from training.tracking import use_experiment
 
 logger = logging.getLogger(__name__)
@@ -51,12 +60,6 @@ DEMO_MODELS = [
 # 0.59 test reward), so the serving exploration defaults stay.
 DEMO_POLICY: dict[str, Any] = {"learning_rate": 0.5}
 _EXAMPLE_CONFIG = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 MARKER = ".polyroute-demo"
@@ -263,15 +266,20 @@ def run_demo(
     config.models = models
 
     # the cold start is the first champion, before anything serves
-    with registry.start_training_run(tracking_uri, "initial-champion"):
-        version = registry.log_bundle(cold, tags={"origin": "cold start"})
-    registry.set_alias(registry.CHAMPION, version, "demo: cold start", tracking_uri=tracking_uri)
-
-    traffic: Any
-    if offline:
-        traffic = SimulatedTraffic(
-            events_dir, models, config.feedback_share, config.requests_per_round, config.seed
-        )
+    registry.register_champion(
+        cold, "demo: cold start", tracking_uri=tracking_uri, tags={"origin": "cold start"}
+    )
+    value = HeldOutValue.sample(cold, data, config)  # one yardstick for every number below
+    with contextlib.ExitStack() as stack:
+        traffic: SimulatedTraffic | GatewayTraffic
+        if offline:
+            traffic = SimulatedTraffic(
+                events_dir, models, config.feedback_share, config.requests_per_round, config.seed
+            )
+        else:
+            traffic = stack.enter_context(
+                _service(config, data, cold, events_dir, tracking_uri, concurrency)
+            )
         results = run_loop(
             config,
             traffic,
@@ -281,14 +289,11 @@ def run_demo(
             base_dir,
             work_dir / "reports",
             on_round=_print_round,
+            value=value,
         )
-        trace: list[dict[str, Any]] = []
-    else:
-        results, trace = _run_through_service(
-            config, data, cold, events_dir, tracking_uri, base_dir, work_dir, concurrency
-        )
-    final = final_value(config, data, tracking_uri, base_dir)
-    curve = policy_curve(events_dir, cold, data, config)
+    trace = traffic.trace if isinstance(traffic, GatewayTraffic) else []
+    final = final_value(cold, tracking_uri, value)
+    curve = policy_curve(events_dir, cold, value, config.seed)
     summary = {
         "mode": "offline" if offline else "service",
         "config": {**asdict(config), "gate": asdict(config.gate)},
@@ -302,21 +307,21 @@ def run_demo(
     return summary
 
 
-def _run_through_service(
+@contextlib.contextmanager
+def _service(
     config: LoopConfig,
     data: RoutingDataset,
     cold: PolicyBundle,
     events_dir: Path,
     tracking_uri: str,
-    base_dir: Path,
-    work_dir: Path,
     concurrency: int,
-) -> tuple[list[RoundResult], list[dict[str, Any]]]:
+) -> Iterator[GatewayTraffic]:
+    """Replay backends and the gateway on loopback for the loop's traffic; stopped on exit."""
     from router.app import create_app
     from router.backends.replay import ReplayConfig, create_replay_app
     from router.events import FileEventSink
 
-    replay_port, gateway_port = _free_port(), _free_port()
+    replay_port, gateway_port = free_port(), free_port()
     replay_url = f"http://127.0.0.1:{replay_port}/v1"
     gateway_config = _gateway_config(replay_url, tracking_uri, events_dir, config.models or [])
     sink = FileEventSink(events_dir, put_timeout_s=0.0)
@@ -338,19 +343,9 @@ def _run_through_service(
                 f"MLflow {tracking_uri}",
                 flush=True,
             )
-            results = run_loop(
-                config,
-                traffic,
-                data,
-                events_dir,
-                tracking_uri,
-                base_dir,
-                work_dir / "reports",
-                on_round=_print_round,
-            )
+            yield traffic
     finally:
         sink.close()
-    return results, traffic.trace
 
 
 CURVE_WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -359,26 +354,26 @@ CURVE_WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 def policy_curve(
     events_dir: Path,
     cold: PolicyBundle,
-    data: RoutingDataset,
-    config: LoopConfig,
+    value: HeldOutValue,
+    seed: int = 0,
     weights: tuple[float, ...] = CURVE_WEIGHTS,
 ) -> list[dict[str, float]]:
     """The loop's quality-cost curve: one policy per cost weight, all trained on the same logs.
 
     The logs hold the raw reward components, so the whole demo's traffic can be re-learned under
-    any trade-off; each policy's true (cost, quality) on the test split is one point.
+    any trade-off (joined once); each policy's true (cost, quality) on the test split is one point.
     """
     from router.events import read_events
-    from router.policy.base import RewardSpec
-    from training.loop import HeldOutValue
+    from router.events.join import join_events
     from training.train import train_from_logs
 
-    value = HeldOutValue.sample(cold, data, config)
-    events = list(read_events(events_dir))
+    joined = join_events(read_events(events_dir))
     points = []
     for w in weights:
-        spec = RewardSpec(w_cost=w, cost_scale=cold.reward.cost_scale)
-        result = train_from_logs(events, cold, reward=spec, holdout=0.0, seed=config.seed)
+        spec = replace(cold.reward, w_cost=w)
+        result = train_from_logs(
+            joined, cold, reward=spec, holdout=0.0, seed=seed, fit_reward_model=False
+        )
         _, quality, cost = value(result.candidate.policy)
         points.append({"w_cost": w, "cost": cost, "quality": quality})
     return points

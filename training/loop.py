@@ -129,11 +129,15 @@ def run_loop(
     base_bundle: Path,
     report_dir: Path,
     on_round: Callable[[RoundResult], None] | None = None,
+    value: HeldOutValue | None = None,
 ) -> list[RoundResult]:
-    """Run ``config.rounds`` rounds; see the module docstring."""
+    """Run ``config.rounds`` rounds; see the module docstring.
+
+    ``value``: the test-split yardstick (default: :meth:`HeldOutValue.sample` of the base).
+    """
     train = data.split("train")
     base = PolicyBundle.load(base_bundle)
-    value = HeldOutValue.sample(base, data, config)
+    value = value or HeldOutValue.sample(base, data, config)
     results = []
     for r in range(config.rounds):
         champion = _champion(base, tracking_uri)
@@ -168,9 +172,7 @@ def run_loop(
             test_reward_before=before[0],
             test_quality_before=before[1],
             test_cost_before=before[2],
-            test_reward_candidate=value(
-                registry.load_bundle(outcome.version, tracking_uri=tracking_uri).policy
-            )[0],
+            test_reward_candidate=value(outcome.candidate.policy)[0],
             retrain_seconds=retrain_seconds,
         )
         logger.info("round %d: %s", r, asdict(result))
@@ -240,12 +242,8 @@ def sample_test_rows(data: RoutingDataset, n: int, rng: np.random.Generator) -> 
     return np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
 
 
-def final_value(
-    config: LoopConfig, data: RoutingDataset, tracking_uri: str, base_bundle: Path
-) -> dict[str, Any]:
-    """The final champion's true test value, beside the cold start's."""
-    base = PolicyBundle.load(base_bundle)
-    value = HeldOutValue.sample(base, data, config)
+def final_value(base: PolicyBundle, tracking_uri: str, value: HeldOutValue) -> dict[str, Any]:
+    """The final champion's true test value, beside the cold start's (``base``)."""
     champion = _champion(base, tracking_uri)
     return {
         "version": champion.version,

@@ -49,7 +49,8 @@ TIMEOUT_S = 10.0
 HEADER = b"x-polyroute-overhead-ms"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -299,7 +300,7 @@ def run_overhead(
         raise ValueError("pin: needs at least 2 CPUs")
     router_cpus, other_cpus = ({0}, {1}) if pin else (None, None)
     workdir.mkdir(parents=True, exist_ok=True)
-    up_port, router_port = _free_port(), _free_port()
+    up_port, router_port = free_port(), free_port()
     upstream = f"http://127.0.0.1:{up_port}/v1"
     raw = yaml.safe_load(Path(config_path).read_text())
     for model in raw["models"]:

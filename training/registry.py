@@ -148,8 +148,6 @@ def delete_alias(alias: str, model_name: str = MODEL_NAME, tracking_uri: str | N
     """Remove ``alias`` if it exists; returns whether it did."""
     from mlflow.exceptions import MlflowException
 
-    if alias_version(alias, model_name, tracking_uri) is None:
-        return False
     try:
         _client(tracking_uri).delete_registered_model_alias(model_name, alias)
     except MlflowException as exc:
@@ -224,6 +222,24 @@ def rollback(
         delete_alias(CHALLENGER, model_name, tracking_uri)  # do not canary what was rolled back
     logger.info("%s@%s rolled back %s -> %s: %s", model_name, CHAMPION, current, previous, reason)
     return current, previous
+
+
+def register_champion(
+    bundle: PolicyBundle,
+    reason: str,
+    model_name: str = MODEL_NAME,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Register ``bundle`` (in a run of its own) and make it ``@champion``; returns the version.
+
+    How a registry gets its first champion: the bundle that served the logs (``polyroute
+    train --base``) or the demo's cold start.
+    """
+    with start_training_run(tracking_uri, "initial-champion"):
+        version = log_bundle(bundle, model_name, tags)
+        set_alias(CHAMPION, version, reason, model_name, tracking_uri)
+    return version
 
 
 class MlflowBundleSource:

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class RetrainOutcome:
     report: Path
     stats: dict[str, Any]
     champion_version: str
+    candidate: PolicyBundle
 
 
 def _ensure_champion(config: RetrainConfig) -> tuple[str, PolicyBundle]:
@@ -97,30 +98,21 @@ def _ensure_champion(config: RetrainConfig) -> tuple[str, PolicyBundle]:
             f"{config.model_name} has no @{registry.CHAMPION}: pass --base BUNDLE_DIR to register "
             "the bundle that produced the logs as the first champion"
         )
-    import mlflow
-
     bundle = PolicyBundle.load(config.base_bundle)
-    with registry.start_training_run(config.tracking_uri, "initial-champion"):
-        mlflow.log_param("base_bundle", config.base_bundle)
-        version = registry.log_bundle(bundle, config.model_name, {"origin": "base bundle"})
-        registry.set_alias(
-            registry.CHAMPION,
-            version,
-            "initial champion: the bundle that served the logs (no champion was registered)",
-            config.model_name,
-            config.tracking_uri,
-        )
+    version = registry.register_champion(
+        bundle,
+        "initial champion: the bundle that served the logs (no champion was registered)",
+        config.model_name,
+        config.tracking_uri,
+        {"origin": "base bundle", "base_bundle": str(config.base_bundle)},
+    )
     return version, bundle
 
 
 def _reward_spec(config: RetrainConfig, base: PolicyBundle) -> RewardSpec:
-    spec = base.reward
-    return RewardSpec(
-        w_cost=spec.w_cost if config.w_cost is None else config.w_cost,
-        w_latency=spec.w_latency if config.w_latency is None else config.w_latency,
-        cost_scale=spec.cost_scale,
-        latency_scale=spec.latency_scale,
-    )
+    """The champion's reward with the weights the config overrides."""
+    overrides = {"w_cost": config.w_cost, "w_latency": config.w_latency}
+    return replace(base.reward, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _log_run(
@@ -243,4 +235,5 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
             report=report,
             stats=dict(result.stats),
             champion_version=champion_version,
+            candidate=result.candidate,
         )

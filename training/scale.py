@@ -429,21 +429,24 @@ def _read_followers(path: str, n_buckets: int) -> pd.DataFrame:
     return frame
 
 
-_AGG_COLUMNS = (
-    "event_id",
-    "part",
-    "pos",
-    "has_outcome",
-    "cost_usd",
-    "latency_ms",
-    "input_tokens",
-    "output_tokens",
-    "error_class",
-    "fallback_used",
-    "quality",
-    "quality_imputed",
-    "n_feedback",
-)
+# one row per joined decision: its columns and their dtypes (Dask's meta is derived from it)
+_AGG_DTYPES: dict[str, Any] = {
+    "event_id": object,
+    "part": "int64",
+    "pos": "int64",
+    "has_outcome": bool,
+    "cost_usd": "float64",
+    "latency_ms": "float64",
+    "input_tokens": "float64",
+    "output_tokens": "float64",
+    "error_class": object,
+    "fallback_used": "float64",
+    "quality": "float64",
+    "quality_imputed": bool,
+    "n_feedback": "int64",
+}
+_AGG_COLUMNS = tuple(_AGG_DTYPES)
+_AGG_META = pd.DataFrame({k: pd.Series(dtype=t) for k, t in _AGG_DTYPES.items()})
 
 
 def _join_bucket(
@@ -617,23 +620,6 @@ _DECISION_LIGHT_META = pd.DataFrame(
         "d_seq": pd.Series(dtype="int64"),
         "part": pd.Series(dtype="int64"),
         "pos": pd.Series(dtype="int64"),
-    }
-)
-_AGG_META = pd.DataFrame(
-    {
-        "event_id": pd.Series(dtype=object),
-        "part": pd.Series(dtype="int64"),
-        "pos": pd.Series(dtype="int64"),
-        "has_outcome": pd.Series(dtype=bool),
-        "cost_usd": pd.Series(dtype="float64"),
-        "latency_ms": pd.Series(dtype="float64"),
-        "input_tokens": pd.Series(dtype="float64"),
-        "output_tokens": pd.Series(dtype="float64"),
-        "error_class": pd.Series(dtype=object),
-        "fallback_used": pd.Series(dtype="float64"),
-        "quality": pd.Series(dtype="float64"),
-        "quality_imputed": pd.Series(dtype=bool),
-        "n_feedback": pd.Series(dtype="int64"),
     }
 )
 _COUNTS_META = pd.DataFrame(

@@ -23,6 +23,7 @@ from router.events.models import (
     OutcomeEvent,
     RewardSpecRecord,
 )
+from router.pipeline import sample_index
 from training.datasets import RoutingDataset
 
 
@@ -75,8 +76,7 @@ def simulate_events(
         tokens_in = float(np.nanmax(data.input_tokens[i, columns]))
         actions = catalogue.actions(context, tokens_in, names)
         pmf = bundle.policy.predict_one(context, actions)
-        u = rng.random() * pmf.sum()
-        k = min(int(np.searchsorted(np.cumsum(pmf), u, side="right")), len(pmf) - 1)
+        k = sample_index(pmf, rng)  # as the gateway samples
         j = columns[k]
         now = start_time + t * interval_s
         decision = DecisionEvent(

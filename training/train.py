@@ -81,8 +81,11 @@ def parse_since(value: str | float | None, now: float | None = None) -> float | 
         ) from exc
 
 
-def load_events(source: str | Path, since: float | None = None) -> Iterator[Event]:
-    """Events from a file-sink directory or a PostgreSQL DSN (``postgresql://...``).
+def load_events(
+    source: str | Path, since: float | None = None, table_prefix: str = "polyroute"
+) -> Iterator[Event]:
+    """Events from a file-sink directory or a PostgreSQL DSN (``postgresql://...``, tables
+    ``<table_prefix>_*``).
 
     ``since`` selects by *decision* time: decisions at or after it, with their outcomes and
     feedback (an outcome of an earlier decision is left out, not turned into an orphan).
@@ -92,7 +95,7 @@ def load_events(source: str | Path, since: float | None = None) -> Iterator[Even
     if text.startswith(("postgresql://", "postgres://")):
         from router.events.postgres_sink import read_events_pg
 
-        events = read_events_pg(text, since=since)
+        events = read_events_pg(text, table_prefix=table_prefix, since=since)
     else:
         from router.events.file_sink import event_files, read_events
 
@@ -229,13 +232,13 @@ class TrainResult:
     base: PolicyBundle
     train_rows: LoggedRows
     holdout_rows: LoggedRows
-    reward_model: Any
+    reward_model: Any  # training.reward_model.RewardModel, or None when not asked for
     joined: pd.DataFrame
     stats: dict[str, float | int | str]
 
 
 def train_from_logs(
-    events: Iterable[Event],
+    events: Iterable[Event] | pd.DataFrame,
     base: PolicyBundle,
     *,
     reward: RewardSpec | None = None,
@@ -245,6 +248,7 @@ def train_from_logs(
     default_quality: float = DEFAULT_QUALITY,
     seed: int = 0,
     min_rows: int = 50,
+    fit_reward_model: bool = True,
 ) -> TrainResult:
     """Train a candidate bundle from logged events (see the module docstring for each step).
 
@@ -252,13 +256,20 @@ def train_from_logs(
     ----------
     base : the serving (champion) bundle: its featurizer and catalogue are kept, and its policy
         is the warm start unless ``warm_start=False``.
+    events : raw events, or the frame :func:`router.events.join.join_events` made of them (to
+        train several policies on one join).
     reward : the reward spec to learn (default: the base bundle's).
+    fit_reward_model : False when only the policy is wanted (``reward_model`` is then None).
     """
     from training.reward_model import RewardModel
 
     start = time.perf_counter()
     spec = reward or base.reward
-    joined = join_events(events, join_window_s=join_window_s, default_quality=default_quality)
+    joined = (
+        events
+        if isinstance(events, pd.DataFrame)
+        else join_events(events, join_window_s=join_window_s, default_quality=default_quality)
+    )
     if joined.empty:
         raise DatasetError(
             "no decision events in the selected window: nothing to train on (the window starts "
@@ -285,7 +296,11 @@ def train_from_logs(
     else:
         policy = VWSquareCBPolicy(reward=spec, seed=seed)
     n_learned = learn_from_rows(policy, base, train_rows)
-    reward_model = RewardModel(seed=seed).fit(train_rows.frame, base.catalogue.names)
+    reward_model = (
+        RewardModel(seed=seed).fit(train_rows.frame, base.catalogue.names)
+        if fit_reward_model
+        else None
+    )
     provenance = {
         "trained_from": "logs",
         "base_version": base.version,
