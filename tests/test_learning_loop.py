@@ -113,6 +113,27 @@ def test_since_selects_by_decision_time_without_orphans(logs: Path) -> None:
     assert joined["has_outcome"].all()
 
 
+def test_since_keeps_feedback_from_a_file_that_sorts_first(tmp_path: Path, logs: Path) -> None:
+    """Two workers' files: one holds a feedback whose decision is in the other, later-sorting
+    file. Selecting by decision time must keep it."""
+    from router.events.models import FeedbackEvent, event_to_record
+
+    events = list(read_events(logs))
+    decision = next(e for e in reversed(events) if e.kind == "decision")
+    rest = [e for e in events if e.event_id == decision.event_id and e.kind == "outcome"]
+    late = FeedbackEvent(event_id=decision.event_id, timestamp=decision.timestamp + 5, quality=0.75)
+
+    def write(name: str, items: list) -> None:
+        lines = [json.dumps(event_to_record(e)) for e in items]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+
+    write("events-20260101T000000Z-000001-a.jsonl", [late])
+    write("events-20260101T000000Z-000002-b.jsonl", [decision, *rest])
+    joined = join_events(load_events(tmp_path, since=decision.timestamp))
+    assert list(joined["event_id"]) == [decision.event_id]
+    assert joined["quality"].iloc[0] == 0.75 and not joined["quality_imputed"].iloc[0]
+
+
 def test_select_learnable_counts_what_it_leaves_out(logs: Path, cold: PolicyBundle) -> None:
     joined = join_events(read_events(logs))
     joined.loc[joined.index[:5], "has_outcome"] = False

@@ -104,14 +104,21 @@ def load_events(
         if not event_files(text):
             raise DatasetError(f"--events: no event files (events-*.jsonl) in {text}")
         events = read_events(text)
+    if since is None:
+        yield from events
+        return
+    # followers are kept back to the end: with several workers, a feedback can sit in a file
+    # that sorts before its decision's (the join holds everything in memory anyway)
     kept: set[str] = set()
+    followers: list[Event] = []
     for event in events:
         if isinstance(event, DecisionEvent):
-            if since is None or event.timestamp >= since:
+            if event.timestamp >= since:
                 kept.add(event.event_id)
                 yield event
-        elif since is None or event.event_id in kept:
-            yield event
+        else:
+            followers.append(event)
+    yield from (event for event in followers if event.event_id in kept)
 
 
 @dataclass
