@@ -26,8 +26,8 @@ import numpy as np
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from features.errors import FeaturizerError as PolicyError  # the featurizer's own error class
 from features.signals import SIGNAL_NAMES, compute_signals
-from router.errors import PolicyError
 
 FORMAT_VERSION = 2
 # ASCII punctuation becomes a separator. Tokens are UTF-8 bytes: bytes.translate with a 256-byte

@@ -26,7 +26,7 @@ MODELS = ["gemini-1.5-flash-002", "DeepSeek-Coder-V2", "Meta-Llama-3_1-70B-Instr
           "gemini-1.5-pro-002", "Phi-3-mini-4k-instruct", "Mistral-7B-Instruct-v0.2"]
 work'''
 
-LOGS = '''from router.bundle import train_bundle
+LOGS = '''from training.bundle_train import train_bundle
 from router.events import FileEventSink, read_events
 from router.events.join import join_events
 from training.datasets import load_dataset

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from router.errors import ConfigError, PolyrouteError
+from features.errors import ConfigError, PolyrouteError
 
 _EXAMPLE_CONFIG = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 
@@ -135,10 +135,10 @@ def _bench_features(args: argparse.Namespace) -> int:
 def _bench_decision(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from router.bundle import train_bundle
     from router.config import load_config
     from router.eligibility import RequestHints
     from router.pipeline import STAGES, DecisionEngine
+    from training.bundle_train import train_bundle
     from training.datasets import load_dataset
 
     data = load_dataset(args.dataset)
@@ -173,7 +173,7 @@ def _bench_decision(args: argparse.Namespace) -> int:
 
 
 def _bundle(args: argparse.Namespace) -> int:
-    from router.bundle import train_bundle
+    from training.bundle_train import train_bundle
     from training.datasets import load_dataset
 
     bundle = train_bundle(
@@ -191,7 +191,7 @@ def _bundle(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     import logging
 
-    from router.backends.replay import ReplayConfig, serve_replay
+    from training.replay.server import ReplayConfig, serve_replay
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -322,11 +322,12 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from router.app import create_app
-    from router.backends.replay import ReplayConfig, create_replay_app
-    from router.bundle import PolicyBundle, train_bundle
+    from router.bundle import PolicyBundle
     from router.config import RouterConfig, load_config
     from router.events import FileEventSink
+    from training.bundle_train import train_bundle
     from training.datasets import load_dataset
+    from training.replay.server import ReplayConfig, create_replay_app
     from training.tracking import default_home
 
     home = default_home()
@@ -386,7 +387,7 @@ Ctrl-C stops it.""",
 
 
 def _bench_overhead(args: argparse.Namespace) -> int:
-    from training.overhead import main_rows, run_overhead
+    from training.bench.overhead import main_rows, run_overhead
 
     rates = [float(r) for r in args.rates.split(",")]
     rows = run_overhead(

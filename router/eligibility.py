@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from features.errors import NoEligibleModelError, RequestError
 from router.config import RouterConfig
-from router.errors import NoEligibleModelError, RequestError
 
 
 @dataclass(frozen=True)

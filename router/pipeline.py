@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.errors import ConfigError
 from router.bundle import PolicyBundle
 from router.config import RouterConfig
 from router.eligibility import EligibilityRules, RequestHints
-from router.errors import ConfigError
 
 
 def sample_index(pmf: np.ndarray, rng: np.random.Generator) -> int:

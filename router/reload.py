@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from features.errors import ConfigError
 from router.bundle import PolicyBundle
 from router.eligibility import RequestHints
 from router.metrics import GatewayMetrics
@@ -89,7 +90,7 @@ class PolicyReloader:
         retire: Callable[[], None] | None = None,
     ) -> None:
         if poll_s <= 0:
-            raise ValueError(f"poll_s must be > 0, got {poll_s}")
+            raise ConfigError(f"poll_s must be > 0, got {poll_s}")
         self.source = source
         self.build = build
         self.install = install

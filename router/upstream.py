@@ -15,16 +15,8 @@ from typing import Any
 import anyio
 import httpx
 
+from features.errors import UpstreamError
 from router.config import ModelConfig, TimeoutConfig
-
-
-class UpstreamError(Exception):
-    """An upstream call failed: connection, timeout or a 5xx answer (worth a fallback)."""
-
-    def __init__(self, model: str, kind: str, detail: str) -> None:
-        super().__init__(f"{model}: {kind}: {detail}")
-        self.model = model
-        self.kind = kind
 
 
 @dataclass

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from test_gateway import FakeUpstream, ListSink, ask
 from test_reload import DictSource, variant
 
+from features.errors import ConfigError
 from router.app import create_app
-from router.bundle import train_bundle
 from router.canary import CanaryController, RunningMean, cs_radius
 from router.config import CanaryConfig, RouterConfig, load_config
-from router.errors import ConfigError
 from router.metrics import GatewayMetrics
 from router.policy.base import RewardSpec
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
+from features.errors import ConfigError
 from router.config import RouterConfig, load_config
-from router.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.errors import DatasetError
+from features.errors import DatasetError
+from router.http.errors import status_of
 from training.datasets import RoutingDataset, load_dataset
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
@@ -393,7 +394,7 @@ def test_invalid_dataset_is_rejected(
         load_dataset(directory)
     # the message names the full path of the offending file
     assert str(directory) in str(info.value)
-    assert info.value.status_code == 422
+    assert status_of(info.value) == 422
     assert isinstance(info.value, ValueError)
 
 

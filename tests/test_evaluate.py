@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from features.errors import DatasetError, PolicyError
 from features.featurizer import RequestFeaturizer
 from router.bundle import PolicyBundle
-from router.errors import DatasetError, PolicyError
 from router.events.join import join_events
 from router.events.models import (
     DecisionEvent,

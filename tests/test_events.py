@@ -12,7 +12,7 @@ import pydantic
 import pytest
 import vowpalwabbit
 
-from router.errors import DatasetError, PolyrouteError
+from features.errors import DatasetError, PolyrouteError
 from router.events import (
     DecisionEvent,
     Event,
@@ -28,6 +28,7 @@ from router.events import (
     to_dsjson,
 )
 from router.events.file_sink import event_files
+from router.http.errors import status_of
 
 
 def decision(i: int = 0, **overrides: Any) -> DecisionEvent:
@@ -200,7 +201,7 @@ def test_full_queue_raises_and_loses_nothing_accepted(
             break
         accepted.append(outcome(i).event_id)
     assert refused is not None and "full" in str(refused)
-    assert isinstance(refused, PolyrouteError) and refused.status_code == 503
+    assert isinstance(refused, PolyrouteError) and status_of(refused) == 503
     assert len(accepted) == 1 + 5  # the one being written plus a full queue
     release.set()
     sink.close()

@@ -14,7 +14,7 @@ from psycopg import sql
 # pytest puts tests/ on sys.path (rootdir conftest, no package), so the sibling module imports
 from test_events import decision, outcome
 
-from router.errors import ConfigError
+from features.errors import ConfigError
 from router.events import EventLogFullError, FeedbackEvent, join_events
 from router.events.postgres_sink import PostgresEventSink, read_events_pg
 

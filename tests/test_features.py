@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from features.errors import FeaturizerError
 from features.featurizer import FeaturizerConfig, RequestFeaturizer, analyze
 from features.signals import SIGNAL_NAMES, compute_signals
-from router.errors import PolicyError
 from training.datasets import RoutingDataset
 
 
@@ -59,12 +59,12 @@ def test_altered_files_are_refused(tmp_path, small: RoutingDataset) -> None:
     arrays = dict(np.load(tmp_path / "f" / "featurizer.npz"))
     arrays["idf"] = arrays["idf"] * 2
     np.savez(tmp_path / "f" / "featurizer.npz", **arrays)
-    with pytest.raises(PolicyError, match="does not match"):
+    with pytest.raises(FeaturizerError, match="does not match"):
         RequestFeaturizer.load(tmp_path / "f")
 
 
 def test_unfitted_featurizer_raises() -> None:
-    with pytest.raises(PolicyError, match="not fitted"):
+    with pytest.raises(FeaturizerError, match="not fitted"):
         RequestFeaturizer().transform_one("hello")
 
 

@@ -16,11 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 from loopback import serving
 
+from features.errors import EventLogFullError
 from router.app import create_app
-from router.bundle import PolicyBundle, train_bundle
+from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
-from router.events.errors import EventLogFullError
 from router.events.models import Event
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
@@ -459,9 +460,9 @@ def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
     import yaml
     from loopback import free_port
 
-    from router.backends.replay import ReplayConfig, create_replay_app
     from router.events import read_events
     from router.events.file_sink import event_files
+    from training.replay.server import ReplayConfig, create_replay_app
 
     bundle_dir = bundle.save(tmp_path / "bundle")
     with serving(create_replay_app(small, ReplayConfig(time_scale=0))) as replay_url:

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.bundle import PolicyBundle, train_bundle
-from router.errors import DatasetError, PolicyError
+from features.errors import DatasetError, PolicyError
+from router.bundle import PolicyBundle
 from router.events import FileEventSink, read_events
 from router.events.join import join_events
 from router.policy.base import Policy, RewardSpec
 from training import registry
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 from training.promote import GateConfig
 from training.retrain import RetrainConfig, retrain
@@ -320,7 +321,7 @@ def test_gate_decisions(evaluation, config, promote: bool, reason: str) -> None:
     ],
 )
 def test_gate_config_errors_name_the_option(kwargs: dict, match: str) -> None:
-    from router.errors import ConfigError
+    from features.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
         GateConfig(**kwargs)
@@ -328,7 +329,7 @@ def test_gate_config_errors_name_the_option(kwargs: dict, match: str) -> None:
 
 @pytest.mark.parametrize("holdout", [0.0, 1.0, -0.1])
 def test_retrain_config_checks_the_holdout(holdout: float) -> None:
-    from router.errors import ConfigError
+    from features.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--holdout"):
         RetrainConfig(events="x", holdout=holdout)
@@ -379,7 +380,7 @@ def test_offline_loop_and_its_outputs(tmp_path: Path, monkeypatch: pytest.Monkey
     # a second run may empty the work dir it made, never someone else's
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    from router.errors import ConfigError
+    from features.errors import ConfigError
 
     with pytest.raises(ConfigError, match="refusing to delete"):
         run_demo(tmp_path / "out", tmp_path / "mine", config, offline=True)

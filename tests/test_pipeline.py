@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.bundle import PolicyBundle, train_bundle
+from features.errors import ConfigError, NoEligibleModelError, PolicyError, RequestError
+from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
 from router.eligibility import RequestHints, eligible_models
-from router.errors import ConfigError, NoEligibleModelError, PolicyError, RequestError
 from router.pipeline import DecisionEngine
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.errors import ConfigError, PolicyError
+from features.errors import ConfigError, PolicyError
 from router.policy import POLICIES, Policy, RewardSpec, get_policy_class
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action

@@ -14,12 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from test_gateway import FakeUpstream, ListSink, ask
 
+from features.errors import ConfigError
 from router.app import create_app
-from router.bundle import PolicyBundle, train_bundle
+from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
-from router.errors import ConfigError
 from router.policy.baselines import RandomPolicy
 from router.reload import BundleSource, PolicyReloader
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 
 EXAMPLE_CONFIG = "experiments/configs/router.example.yaml"

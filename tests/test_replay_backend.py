@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from loopback import serving
 
-from router.backends.replay import ReplayConfig, create_replay_app
-from router.backends.replay_openai import split_answer
-from router.backends.replay_outcomes import UNKNOWN_PROMPT_ANSWER
-from router.errors import ConfigError
+from features.errors import ConfigError
 from training.datasets import RoutingDataset, load_dataset
+from training.replay.outcomes import UNKNOWN_PROMPT_ANSWER
+from training.replay.server import ReplayConfig, create_replay_app
+from training.replay.wire import split_answer
 
 TINY_MODELS = ("alpha", "beta")
 

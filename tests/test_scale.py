@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from features.errors import DatasetError
 from features.featurizer import FeaturizerConfig, RequestFeaturizer
-from router.errors import DatasetError
 from router.events import read_events
 from router.events.join import join_events
 from router.events.models import (

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from router.errors import DatasetError
+from features.errors import DatasetError
 from router.policy.actions import CATALOGUE_COLUMNS
 
 PROMPT_COLUMNS = ("prompt_id", "task", "prompt", "split")

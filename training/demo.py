@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from router.bundle import PolicyBundle, train_bundle
+from router.bundle import PolicyBundle
 from router.errors import ConfigError
+from training.bench.overhead import free_port
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset, load_dataset
 from training.loop import (
     HeldOutValue,
@@ -41,7 +43,6 @@ from training.loop import (
     final_value,
     run_loop,
 )
-from training.overhead import free_port
 from training.tracking import use_experiment
 
 logger = logging.getLogger(__name__)
@@ -318,8 +319,8 @@ def _service(
 ) -> Iterator[GatewayTraffic]:
     """Replay backends and the gateway on loopback for the loop's traffic; stopped on exit."""
     from router.app import create_app
-    from router.backends.replay import ReplayConfig, create_replay_app
     from router.events import FileEventSink
+    from training.replay.server import ReplayConfig, create_replay_app
 
     replay_port, gateway_port = free_port(), free_port()
     replay_url = f"http://127.0.0.1:{replay_port}/v1"

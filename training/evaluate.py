@@ -41,8 +41,8 @@ from typing import Any, Protocol, cast
 import numpy as np
 import pandas as pd
 
+from features.errors import DatasetError, PolicyError
 from router.bundle import PolicyBundle
-from router.errors import DatasetError, PolicyError
 from router.events.join import join_events
 from router.events.models import Event
 from router.policy.actions import ACTION_FEATURES, ActionCatalogue

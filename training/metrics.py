@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.errors import DatasetError
+
 Curve = list[tuple[float, float]]  # [(mean cost, mean quality), ...]
 
 
@@ -23,7 +25,7 @@ def upper_hull(points: Curve) -> Curve:
     The result is sorted by cost and non-decreasing in quality.
     """
     if not points:
-        raise ValueError("upper_hull needs at least one operating point")
+        raise DatasetError("upper_hull needs at least one operating point")
     best: dict[float, float] = {}
     for c, q in points:
         best[float(c)] = max(float(q), best.get(float(c), -np.inf))
@@ -49,7 +51,7 @@ def aiq(points: Curve, c_lo: float, c_hi: float) -> float:
     equal to its best quality right of its last point. Computed exactly (piecewise linear).
     """
     if not c_hi > c_lo:
-        raise ValueError(f"AIQ needs c_hi > c_lo, got c_lo={c_lo}, c_hi={c_hi}")
+        raise DatasetError(f"AIQ needs c_hi > c_lo, got c_lo={c_lo}, c_hi={c_hi}")
     hull = upper_hull(points)
     xs = np.array([c for c, _ in hull])
     ys = np.array([q for _, q in hull])
@@ -106,15 +108,15 @@ def pair_curve(preference: np.ndarray, q_strong: np.ndarray, q_weak: np.ndarray)
     """
     n = len(preference)
     if not len(q_strong) == len(q_weak) == n:
-        raise ValueError(
+        raise DatasetError(
             f"pair_curve: preference, q_strong and q_weak differ in length "
             f"({n}, {len(q_strong)}, {len(q_weak)})"
         )
     if not (np.all(np.isfinite(q_strong)) and np.all(np.isfinite(q_weak))):
-        raise ValueError("pair_curve: outcomes must be known (finite) on every prompt")
+        raise DatasetError("pair_curve: outcomes must be known (finite) on every prompt")
     gap = q_strong.mean() - q_weak.mean() if n else 0.0
     if n == 0 or gap <= 0:
-        raise ValueError("pair_curve needs prompts and a strong model better than the weak one")
+        raise DatasetError("pair_curve needs prompts and a strong model better than the weak one")
     order = np.argsort(-preference, kind="stable")
     gain = np.concatenate([[0.0], np.cumsum((q_strong - q_weak)[order])]) / n
     return PairCurve(share=np.arange(n + 1) / n, pgr=gain / gap)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import ConfigError, DatasetError
 from training.ope_intervals import bootstrap_means, cressie_read_estimate, cressie_read_interval
 from training.ope_intervals import gaussian_interval as _gaussian
 
@@ -80,7 +81,7 @@ class LoggedFeedback:
 
     def _q(self) -> np.ndarray:
         if self.estimated_rewards is None:
-            raise ValueError("estimated_rewards: required by the DM/DR-family estimators")
+            raise DatasetError("estimated_rewards: required by the DM/DR-family estimators")
         return self.estimated_rewards
 
 
@@ -88,15 +89,15 @@ def _as_2d(name: str, array: Any, n: int | None = None) -> np.ndarray:
     arr = np.asarray(array, dtype=float)
     if arr.ndim == 3:
         if arr.shape[2] != 1:
-            raise ValueError(
+            raise DatasetError(
                 f"{name}: expected shape (n, K) or (n, K, 1); got {arr.shape} "
                 "(slate positions beyond one are not supported)"
             )
         arr = arr[:, :, 0]
     if arr.ndim != 2:
-        raise ValueError(f"{name}: expected shape (n, K) or (n, K, 1); got {arr.shape}")
+        raise DatasetError(f"{name}: expected shape (n, K) or (n, K, 1); got {arr.shape}")
     if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name}: expected {n} rows (one per logged round); got {arr.shape[0]}")
+        raise DatasetError(f"{name}: expected {n} rows (one per logged round); got {arr.shape[0]}")
     return arr
 
 
@@ -121,53 +122,55 @@ def check_ope_inputs(
     pi = _as_2d("action_dist", action_dist)
     n, k = pi.shape
     if n == 0:
-        raise ValueError("action_dist: expected at least one logged round; got 0 rows")
+        raise DatasetError("action_dist: expected at least one logged round; got 0 rows")
     a = np.asarray(action)
     r = np.asarray(reward, dtype=float)
     p = np.asarray(pscore, dtype=float)
     for name, arr in (("action", a), ("reward", r), ("pscore", p)):
         if arr.shape != (n,):
-            raise ValueError(
+            raise DatasetError(
                 f"{name}: expected shape ({n},) like action_dist's rows; got {arr.shape}"
             )
     if not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"action: expected integer dtype; got {a.dtype}")
+        raise DatasetError(f"action: expected integer dtype; got {a.dtype}")
     bad = (a < 0) | (a >= k)
     if bad.any():
         i = _first(bad)
-        raise ValueError(f"action: every entry must be an integer in [0, {k}); row {i} is {a[i]}")
+        raise DatasetError(f"action: every entry must be an integer in [0, {k}); row {i} is {a[i]}")
     if not np.all(np.isfinite(r)):
-        raise ValueError(
+        raise DatasetError(
             f"reward: every entry must be finite; row {_first(~np.isfinite(r))} is not"
         )
     bad = ~(p > 0)
     if bad.any():
         i = _first(bad)
-        raise ValueError(f"pscore: every entry must be > 0; row {i} is {p[i]}")
+        raise DatasetError(f"pscore: every entry must be > 0; row {i} is {p[i]}")
     bad = ~(p <= 1.0 + 1e-9)
     if bad.any():
         i = _first(bad)
-        raise ValueError(f"pscore: every entry must be a probability <= 1; row {i} is {p[i]}")
+        raise DatasetError(f"pscore: every entry must be a probability <= 1; row {i} is {p[i]}")
     bad = ~np.isfinite(pi).all(axis=1) | (pi < 0).any(axis=1)
     if bad.any():
-        raise ValueError(f"action_dist: entries must be finite and >= 0; row {_first(bad)} is not")
+        raise DatasetError(
+            f"action_dist: entries must be finite and >= 0; row {_first(bad)} is not"
+        )
     sums = pi.sum(axis=1)
     bad = ~np.isclose(sums, 1.0)  # np.allclose's tolerances, as OBP
     if bad.any():
         i = _first(bad)
-        raise ValueError(
+        raise DatasetError(
             f"action_dist: every row must sum to 1 over the K actions; row {i} sums to {sums[i]}"
         )
     q = None
     if estimated_rewards is not None:
         q = _as_2d("estimated_rewards", estimated_rewards, n)
         if q.shape != pi.shape:
-            raise ValueError(
+            raise DatasetError(
                 f"estimated_rewards: expected shape {pi.shape} like action_dist; got {q.shape}"
             )
         bad = (~np.isfinite(q) & (pi > 0)).any(axis=1)
         if bad.any():
-            raise ValueError(
+            raise DatasetError(
                 "estimated_rewards: must be finite wherever action_dist > 0; "
                 f"row {_first(bad)} is not"
             )
@@ -236,7 +239,7 @@ def round_terms(name: str, data: LoggedFeedback, lambda_: float = np.inf) -> np.
     and the shrinkage of ``dros``; the other estimators ignore it.
     """
     if name not in ROUND_TERMS:
-        raise ValueError(f"estimator: expected one of {sorted(ROUND_TERMS)}; got {name!r}")
+        raise ConfigError(f"estimator: expected one of {sorted(ROUND_TERMS)}; got {name!r}")
     return ROUND_TERMS[name](data, float(lambda_))
 
 
@@ -362,20 +365,20 @@ def estimate_policy_value(
         model as fixed, so they miss its estimation error and bias.
     """
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha: expected a level in (0, 1); got {alpha}")
+        raise ConfigError(f"alpha: expected a level in (0, 1); got {alpha}")
     if n_bootstrap < 1:
-        raise ValueError(f"n_bootstrap: expected >= 1; got {n_bootstrap}")
+        raise ConfigError(f"n_bootstrap: expected >= 1; got {n_bootstrap}")
     data = check_ope_inputs(action, reward, pscore, action_dist, estimated_rewards)
     if reward_range is not None:
         rmin, rmax = (float(v) for v in reward_range)
         if not rmin < rmax:
-            raise ValueError(
+            raise DatasetError(
                 f"reward_range: expected (rmin, rmax) with rmin < rmax; got {reward_range}"
             )
         bad = (data.reward < rmin) | (data.reward > rmax)
         if bad.any():
             i = _first(bad)
-            raise ValueError(
+            raise DatasetError(
                 f"reward: every entry must lie in reward_range [{rmin}, {rmax}]; "
                 f"row {i} is {data.reward[i]}"
             )

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import RidgeCV
 
+from features.errors import ConfigError
 from features.featurizer import RequestFeaturizer
 from router.policy.actions import ActionCatalogue
 from router.policy.base import RewardSpec, greedy_pmf
@@ -83,11 +84,11 @@ class CoverageConfig:
             ("reward_model", REWARD_MODELS),
         ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.n_runs < 1 or self.n_logged < 10 or self.n_folds < 2:
-            raise ValueError("need n_runs >= 1, n_logged >= 10 and n_folds >= 2")
+            raise ConfigError("need n_runs >= 1, n_logged >= 10 and n_folds >= 2")
         if not (self.tau > 0 and 0 < self.target_epsilon < 1 and 0 < self.logging_epsilon <= 1):
-            raise ValueError("need tau > 0, target_epsilon in (0, 1), logging_epsilon in (0, 1]")
+            raise ConfigError("need tau > 0, target_epsilon in (0, 1), logging_epsilon in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def build_problem(candidate: Candidate, config: CoverageConfig) -> Problem:
     """The candidate's pmf and the logging pmf on the test split, and the true rewards."""
     data, spec, scores = candidate.data, candidate.spec, candidate.scores
     if spec.w_cost != config.w_cost:
-        raise ValueError(
+        raise ConfigError(
             f"w_cost: the candidate was fitted with {spec.w_cost}, not {config.w_cost}"
         )
     train, test = data.split("train"), data.split("test")

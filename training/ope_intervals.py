@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
+from features.errors import DatasetError
+
 
 @dataclass(frozen=True)
 class BootstrapInterval:
@@ -195,7 +197,7 @@ def clopper_pearson_interval(
     """
     w, r = np.asarray(w, dtype=float), np.asarray(r, dtype=float)
     if np.any((r < rmin) | (r > rmax)):
-        raise ValueError(f"reward: every entry must lie in [rmin, rmax] = [{rmin}, {rmax}]")
+        raise DatasetError(f"reward: every entry must lie in [rmin, rmax] = [{rmin}, {rmax}]")
     wmax = float(w.max())
     if wmax <= 0:
         return math.nan, math.nan
@@ -228,7 +230,7 @@ def cressie_read_interval(
     """
     w, r = np.asarray(w, dtype=float), np.asarray(r, dtype=float)
     if np.any((r < rmin) | (r > rmax)):
-        raise ValueError(f"reward: every entry must lie in [rmin, rmax] = [{rmin}, {rmax}]")
+        raise DatasetError(f"reward: every entry must lie in [rmin, rmax] = [{rmin}, {rmax}]")
     n = float(len(w))
     wmin, wmax = min(wmin, float(w.min())), max(wmax, float(w.max()))
     sumw, sumwsq = math.fsum(w), math.fsum(w**2)

@@ -23,7 +23,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from router.errors import ConfigError
+from features.errors import ConfigError
 from training import registry
 
 # estimators the evaluation computes by default (training.evaluate.DEFAULT_ESTIMATORS)

@@ -13,43 +13,57 @@ Every alias move is recorded twice: as a model-version tag (``promotion.*``) and
 registered model's ``champion_history`` tag (a JSON list of versions, oldest first), which is
 what :func:`rollback` walks back. The evidence (the evaluation report, the gate's numbers) is
 in the MLflow run that made the move (see ``training.promote``).
+
+Reading the registry (the version an alias points at, a version's bundle, the gateway's
+:class:`MlflowBundleSource`) is serving code, in ``router.registry_source``; it is re-exported
+here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from features.errors import PolicyError
 from router.bundle import PolicyBundle
-from router.errors import PolicyError
-from training.tracking import resolve_tracking_uri, use_experiment
+from router.registry_source import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_NAME,
+    MlflowBundleSource,
+    alias_version,
+    load_bundle,
+    quiet_mlflow,
+)
+from router.registry_source import is_missing as _missing
+from router.registry_source import mlflow_client as _client
+from training.tracking import use_experiment
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "polyroute-policy"
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "MODEL_NAME",
+    "MlflowBundleSource",
+    "alias_version",
+    "champion_history",
+    "delete_alias",
+    "load_bundle",
+    "log_bundle",
+    "quiet_mlflow",
+    "register_champion",
+    "rollback",
+    "set_alias",
+    "start_training_run",
+]
+
 TRAINING_EXPERIMENT = "polyroute-training"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 _HISTORY_TAG = "champion_history"
-
-
-def quiet_mlflow() -> None:
-    """No artifact progress bars or pyfunc signature chatter in the loop's output."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("mlflow.pyfunc", "mlflow.models.model", "mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _client(tracking_uri: str | None) -> Any:
-    from mlflow import MlflowClient
-
-    uri = resolve_tracking_uri(tracking_uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _requirements() -> list[str]:
@@ -97,51 +111,6 @@ def log_bundle(
         client.set_model_version_tag(model_name, version, key, str(value))
     logger.info("registered %s version %s (%s)", model_name, version, bundle.version)
     return version
-
-
-def alias_version(
-    alias: str, model_name: str = MODEL_NAME, tracking_uri: str | None = None
-) -> str | None:
-    """The version ``alias`` points at, or None when the alias (or the model) does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(_client(tracking_uri).get_model_version_by_alias(model_name, alias).version)
-    except MlflowException as exc:
-        if _missing(exc):
-            return None
-        raise  # an unreachable or broken registry is an error, not "no alias"
-
-
-def load_bundle(
-    version: str, model_name: str = MODEL_NAME, tracking_uri: str | None = None
-) -> PolicyBundle:
-    """Download registered ``version`` and load its bundle (checks the bundle's own version)."""
-    import mlflow
-
-    quiet_mlflow()
-    client = _client(tracking_uri)
-    source = client.get_model_version_download_uri(model_name, version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
-    found = sorted(local.rglob("bundle.json"))
-    if not found:
-        raise PolicyError(f"{model_name} version {version}: no bundle.json in {source}")
-    bundle = PolicyBundle.load(found[0].parent)
-    expected = client.get_model_version(model_name, version).tags.get("bundle_version")
-    if expected and expected != bundle.version:
-        raise PolicyError(
-            f"{model_name} version {version}: bundle is {bundle.version}, registry says {expected}"
-        )
-    return bundle
-
-
-def _missing(exc: Exception) -> bool:
-    """True when MLflow says the model or the alias does not exist, as opposed to failing
-    (``TEMPORARILY_UNAVAILABLE``, a lost database connection: those must not read as "none")."""
-    return str(getattr(exc, "error_code", "")) in (
-        "RESOURCE_DOES_NOT_EXIST",  # no such registered model
-        "INVALID_PARAMETER_VALUE",  # no such alias (MLflow 3.x)
-    )
 
 
 def delete_alias(alias: str, model_name: str = MODEL_NAME, tracking_uri: str | None = None) -> bool:
@@ -240,26 +209,6 @@ def register_champion(
         version = log_bundle(bundle, model_name, tags)
         set_alias(CHAMPION, version, reason, model_name, tracking_uri)
     return version
-
-
-class MlflowBundleSource:
-    """Where the service's reloader finds its policy: ``models:/<model_name>@<alias>``."""
-
-    def __init__(
-        self, tracking_uri: str | None = None, model_name: str = MODEL_NAME, alias: str = CHAMPION
-    ) -> None:
-        self.tracking_uri = resolve_tracking_uri(tracking_uri)
-        self.model_name = model_name
-        self.alias = alias
-
-    def current_version(self) -> str | None:
-        return alias_version(self.alias, self.model_name, self.tracking_uri)
-
-    def load(self, version: str) -> PolicyBundle:
-        return load_bundle(version, self.model_name, self.tracking_uri)
-
-    def __repr__(self) -> str:
-        return f"MlflowBundleSource({self.model_name}@{self.alias} at {self.tracking_uri})"
 
 
 def start_training_run(tracking_uri: str | None = None, run_name: str | None = None) -> Any:

@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from features.errors import ConfigError, PolicyError
 from router.bundle import PolicyBundle
-from router.errors import ConfigError, PolicyError
 from router.policy.base import RewardSpec
 from training import registry
 from training.promote import GateConfig, GateDecision, apply_decision, gate

@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold
 
+from features.errors import ConfigError, DatasetError, NotFittedError
+
 TARGETS = ("reward", "quality", "cost_usd", "latency_ms")
 
 
@@ -85,9 +87,9 @@ class RewardModel:
         n_jobs: int = 1,
     ) -> None:
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+            raise ConfigError(f"target must be one of {TARGETS}, got {target!r}")
         if n_estimators < 1:
-            raise ValueError(f"n_estimators must be >= 1, got {n_estimators}")
+            raise ConfigError(f"n_estimators must be >= 1, got {n_estimators}")
         self.target = target
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -153,11 +155,11 @@ class RewardModel:
         models : the one-hot model list; default: every model eligible somewhere in ``frame``.
         """
         if self.target not in frame:
-            raise ValueError(f"frame has no {self.target!r} column to fit the reward model on")
+            raise DatasetError(f"frame has no {self.target!r} column to fit the reward model on")
         y = frame[self.target].to_numpy(float)
         rows = frame[np.isfinite(y)]
         if len(rows) < 2:
-            raise ValueError(f"reward model: need >= 2 rows with a finite {self.target!r}")
+            raise DatasetError(f"reward model: need >= 2 rows with a finite {self.target!r}")
         if models is None:
             models = sorted({m for names in frame["eligible_models"] for m in names})
         self.models_ = list(models)
@@ -172,7 +174,7 @@ class RewardModel:
     def predict_all(self, frame: pd.DataFrame, models: Sequence[str]) -> np.ndarray:
         """q̂ of every model in ``models`` on every row, shape ``(len(frame), len(models))``."""
         if not hasattr(self, "estimator_"):
-            raise ValueError("RewardModel is not fitted: call fit() first")
+            raise NotFittedError("RewardModel is not fitted: call fit() first")
         index = {m: j for j, m in enumerate(self.models_)}
         out = np.empty((len(frame), len(models)))
         for k, name in enumerate(models):
@@ -190,9 +192,9 @@ class RewardModel:
         """Out-of-fold q̂, shape ``(len(frame), len(models))``: row i is scored by a model fitted
         on the folds not containing i (cross-fitting, Chernozhukov et al. 2018)."""
         if n_folds < 2:
-            raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+            raise ConfigError(f"n_folds must be >= 2, got {n_folds}")
         if len(frame) < 2 * n_folds:
-            raise ValueError(f"cross_fit: {len(frame)} rows are too few for {n_folds} folds")
+            raise DatasetError(f"cross_fit: {len(frame)} rows are too few for {n_folds} folds")
         folds = KFold(n_folds, shuffle=True, random_state=self.seed if seed is None else seed)
         out = np.empty((len(frame), len(models)))
         for train, held in folds.split(np.arange(len(frame))):

@@ -50,8 +50,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.linear_model import Ridge
 
+from features.errors import ConfigError, DatasetError
 from features.featurizer import RequestFeaturizer
-from router.errors import DatasetError
 from router.policy.actions import ActionCatalogue
 from router.policy.base import RewardSpec
 from training.datasets import RoutingDataset, load_dataset
@@ -104,16 +104,16 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.n_decisions < 1:
-            raise ValueError(f"n_decisions must be >= 1, got {self.n_decisions}")
+            raise ConfigError(f"n_decisions must be >= 1, got {self.n_decisions}")
         if self.chunk_decisions < 1:
-            raise ValueError(f"chunk_decisions must be >= 1, got {self.chunk_decisions}")
+            raise ConfigError(f"chunk_decisions must be >= 1, got {self.chunk_decisions}")
         if not 1 <= self.min_eligible <= self.max_eligible:
-            raise ValueError(
+            raise ConfigError(
                 f"need 1 <= min_eligible <= max_eligible, got {self.min_eligible}, "
                 f"{self.max_eligible}"
             )
         if not 0.0 < self.epsilon <= 1.0:
-            raise ValueError(f"epsilon must be in (0, 1], got {self.epsilon}")
+            raise ConfigError(f"epsilon must be in (0, 1], got {self.epsilon}")
         for name in (
             "override_share",
             "missing_outcome_share",
@@ -122,12 +122,14 @@ class SynthConfig:
             "late_feedback_share",
         ):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.decisions_per_s <= 0 or self.join_window_s < 0:
-            raise ValueError("decisions_per_s must be > 0 and join_window_s >= 0")
+            raise ConfigError("decisions_per_s must be > 0 and join_window_s >= 0")
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown or not self.formats:
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+            raise ConfigError(
+                f"formats must be a non-empty subset of {FORMATS}, got {self.formats}"
+            )
 
 
 @dataclass
@@ -180,7 +182,7 @@ def prepare_source(
         A policy bundle's; by default fitted on the dataset's train split.
     w_cost, w_latency : float
         Reward weights logged with every decision; the cost scale is the mean cost of the most
-        expensive model on the train split (as :func:`router.bundle.train_bundle`).
+        expensive model on the train split (as :func:`training.bundle_train.train_bundle`).
     """
     data = dataset if isinstance(dataset, RoutingDataset) else load_dataset(dataset)
     train = data.split("train")

@@ -8,25 +8,14 @@ where home is ``POLYROUTE_HOME`` or ``./.polyroute``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from router.registry_source import default_home, resolve_tracking_uri
+
+__all__ = ["default_home", "log_benchmark", "resolve_tracking_uri", "use_experiment"]
+
 EXPERIMENT = "polyroute-benchmark"
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("POLYROUTE_HOME", ".polyroute")).resolve()
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    if uri:
-        return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    home = default_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}"
 
 
 def use_experiment(name: str, tracking_uri: str | None = None) -> str:

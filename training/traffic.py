@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from features.errors import ConfigError, DatasetError
 from router.bundle import PolicyBundle
 from router.events.models import (
     DecisionEvent,
@@ -48,17 +49,17 @@ def simulate_events(
     ``true_quality`` receives each decision's recorded score (sent as feedback or not).
     """
     if not 0.0 <= feedback_share <= 1.0:
-        raise ValueError(f"feedback_share must be in [0, 1], got {feedback_share}")
+        raise ConfigError(f"feedback_share must be in [0, 1], got {feedback_share}")
     rng = np.random.default_rng(seed)
     catalogue = bundle.catalogue
     unknown = [m for m in data.model_names if m not in catalogue.index]
     if unknown:
-        raise ValueError(f"models {unknown} of the dataset are not in the bundle's catalogue")
+        raise DatasetError(f"models {unknown} of the dataset are not in the bundle's catalogue")
     allowed = np.ones(len(data.model_names), dtype=bool)
     if models is not None:
         missing = [m for m in models if m not in data.model_names]
         if missing:
-            raise ValueError(f"models {missing} are not in the dataset")
+            raise DatasetError(f"models {missing} are not in the dataset")
         allowed = np.isin(data.model_names, models)
     texts = data.prompts["prompt"].tolist()
     rows = rng.integers(0, data.n_prompts, size=n)

@@ -1,8 +1,8 @@
 """Decision / outcome / feedback events, their sinks (files by default, PostgreSQL shared), the
 join into one row per decision, and the VW DSJSON export (DESIGN.md §3, §4)."""
 
+from features.errors import EventLogError, EventLogFullError
 from router.events.dsjson import DSJSONExportStats, export_dsjson, to_dsjson
-from router.events.errors import EventLogError, EventLogFullError
 from router.events.file_sink import FileEventSink, read_events
 from router.events.join import JoinedDecision, join_decisions, join_events
 from router.events.models import (

@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from router.errors import DatasetError
+from features.actions import ACTION_FEATURES
+from features.errors import DatasetError
 from router.events.join import JoinedDecision, join_decisions
 from router.events.models import DecisionEvent, Event
-from router.policy.actions import ACTION_FEATURES
 
 _UNSAFE = re.compile(r"[\s|:]")
 

@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Literal
 
-from router.errors import DatasetError
+from features.errors import ConfigError, DatasetError
 from router.events.models import Event, event_from_record, event_to_json
 from router.events.writer import BackgroundEventWriter
 
@@ -75,11 +75,11 @@ class FileEventSink(BackgroundEventWriter):
         put_timeout_s: float = 0.05,
     ) -> None:
         if fsync not in ("always", "interval", "never"):
-            raise ValueError(f"fsync must be 'always', 'interval' or 'never', got {fsync!r}")
+            raise ConfigError(f"fsync must be 'always', 'interval' or 'never', got {fsync!r}")
         if max_bytes < 1:
-            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+            raise ConfigError(f"max_bytes must be >= 1, got {max_bytes}")
         if fsync_interval_s <= 0:
-            raise ValueError(f"fsync_interval_s must be > 0, got {fsync_interval_s}")
+            raise ConfigError(f"fsync_interval_s must be > 0, got {fsync_interval_s}")
         super().__init__(
             queue_size=queue_size,
             put_timeout_s=put_timeout_s,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from features.errors import ConfigError
 from router.events.models import DecisionEvent, Event, FeedbackEvent, OutcomeEvent
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def join_decisions(
 ) -> JoinResult:
     """Join ``events`` (any order) by event id; see the module docstring for the rules."""
     if join_window_s < 0:
-        raise ValueError(f"join_window_s must be >= 0, got {join_window_s}")
+        raise ConfigError(f"join_window_s must be >= 0, got {join_window_s}")
     decisions: dict[str, DecisionEvent] = {}
     followers: list[tuple[int, OutcomeEvent | FeedbackEvent]] = []
     for position, event in enumerate(events):

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from router.errors import DatasetError
+from features.errors import DatasetError
 
 PROBABILITY_TOLERANCE = 1e-6
 

@@ -13,7 +13,7 @@ Outcomes and feedback share one table (feedback quality joins by ``event_id`` li
 column mapping and the typed columns exist only for queries and indexes.
 
 Same semantics as the file sink: one background writer drains a bounded queue; ``emit``
-raises :class:`~router.events.errors.EventLogFullError` rather than drop; each batch of up to
+raises :class:`~features.errors.EventLogFullError` rather than drop; each batch of up to
 ``batch_size`` events is one transaction (``executemany``, pipelined by psycopg), so a batch
 is durable once committed. A failed batch is retried once on a fresh connection; if that fails
 too the sink fails loudly (``emit``/``flush``/``close`` raise). Decisions are inserted with
@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from router.errors import ConfigError
+from features.errors import ConfigError
 from router.events.models import DecisionEvent, Event, event_from_record, event_to_record
 from router.events.writer import BackgroundEventWriter
 

@@ -3,7 +3,7 @@
 The request path only does ``queue.put``; serialisation and I/O happen on the writer thread.
 Accepting is never silent about failure: :meth:`BackgroundEventWriter.emit` either enqueues
 the event (and then it is written unless the process dies first) or raises
-:class:`~router.events.errors.EventLogError` so the caller can refuse the request.
+:class:`~features.errors.EventLogError` so the caller can refuse the request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from types import TracebackType
 
-from router.events.errors import EventLogError, EventLogFullError
+from features.errors import ConfigError, EventLogError, EventLogFullError
 from router.events.models import Event
 
 logger = logging.getLogger(__name__)
@@ -57,13 +57,13 @@ class BackgroundEventWriter(ABC):
         linger_s: float = 0.01,
     ) -> None:
         if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+            raise ConfigError(f"queue_size must be >= 1, got {queue_size}")
         if put_timeout_s < 0:
-            raise ValueError(f"put_timeout_s must be >= 0, got {put_timeout_s}")
+            raise ConfigError(f"put_timeout_s must be >= 0, got {put_timeout_s}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if linger_s < 0:
-            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
+            raise ConfigError(f"linger_s must be >= 0, got {linger_s}")
         self.queue_size = queue_size
         self.put_timeout_s = put_timeout_s
         self.batch_size = batch_size

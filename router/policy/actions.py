@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import Ridge
 
+from features.actions import ACTION_FEATURES as ACTION_FEATURES  # re-exported
 from router.errors import PolicyError
 from router.policy.base import Action
 
-ACTION_FEATURES = ("log_usd_in", "log_usd_out", "log_ttft", "log_speed", "log_context")
 CATALOGUE_COLUMNS = (
     "model",
     "usd_per_mtok_in",

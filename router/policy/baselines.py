@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-from router.errors import PolicyError
+from features.errors import ConfigError, PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 
 
@@ -95,7 +95,7 @@ class KNNPolicy(Policy):
     ) -> None:
         super().__init__(reward, seed)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         self.k = k
         self.epsilon = epsilon
 

@@ -17,6 +17,7 @@ import joblib
 import numpy as np
 from mabwiser.mab import MAB, LearningPolicy
 
+from features.errors import ConfigError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 
 
@@ -124,7 +125,7 @@ class EpsilonGreedyPolicy(_MABWiserPolicy):
     ) -> None:
         super().__init__(reward, seed, models)
         if not 0.0 < epsilon < 1.0:
-            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+            raise ConfigError(f"epsilon must be in (0, 1), got {epsilon}")
         self.epsilon = epsilon
 
     def params(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.errors import ConfigError
+from features.errors import ConfigError
 from router.policy.base import Policy
 from router.policy.baselines import (
     BestSinglePolicy,

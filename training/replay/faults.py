@@ -11,21 +11,9 @@ import random
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
+from features.errors import FaultError
+
 FAULT_FIELDS = ("error_rate", "slowdown_ms", "outage_models")
-
-
-class FaultError(ValueError):
-    """A fault setting is invalid.
-
-    Attributes
-    ----------
-    field : str
-        The offending field, so an HTTP answer can name it in ``param``.
-    """
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def check_number(field: str, value: Any, low: float, high: float = math.inf) -> float:

@@ -35,8 +35,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from router.backends.replay_faults import FaultError, FaultState, check_models, check_number
-from router.backends.replay_openai import (
+from features.errors import ConfigError, FaultError
+from training.datasets import RoutingDataset, load_dataset
+from training.replay.faults import FaultState, check_models, check_number
+from training.replay.outcomes import RecordedOutcomes, ReplayOutcome
+from training.replay.wire import (
     ChatRequest,
     ReplayRequestError,
     chunk_body,
@@ -48,9 +51,6 @@ from router.backends.replay_openai import (
     sse_event,
     usage_body,
 )
-from router.backends.replay_outcomes import RecordedOutcomes, ReplayOutcome
-from router.errors import ConfigError
-from training.datasets import RoutingDataset, load_dataset
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from router.errors import RequestError
+from features.errors import RequestError
 
 
 class ReplayRequestError(RequestError):
     """A request the replay backend refuses, rendered as an OpenAI error body.
+
+    It carries an HTTP status, unlike the domain errors of :mod:`features.errors`: the replay
+    backend *is* an emulated HTTP upstream, and this is the answer it emulates.
 
     Parameters
     ----------

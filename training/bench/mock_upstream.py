@@ -13,7 +13,7 @@ Not a general HTTP server: it needs ``content-length`` on requests with a body (
 OpenAI SDK send it) and answers ``411`` to chunked uploads; pipelined requests are answered in
 order.
 
-Run it on its own with ``python -m training.mock_upstream --port 8100``.
+Run it on its own with ``python -m training.bench.mock_upstream --port 8100``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ router, side by side at a fixed rate, in one run (DESIGN.md §5 "Gateway overhea
 
 Processes, all on loopback:
 
-- the upstream: :mod:`training.mock_upstream` by default (a raw asyncio HTTP/1.1 server that
+- the upstream: :mod:`training.bench.mock_upstream` by default (a raw asyncio HTTP/1.1 server that
   answers a fixed ``chat.completion`` at once, ~10-20 us of CPU a request), or with
   ``upstream="replay"`` the replay backend with ``--time-scale 0`` (FastAPI, ~10x the CPU);
 - the router: ``polyroute serve`` with one worker, every model of the config pointed at the
@@ -43,7 +43,8 @@ import httpx
 import numpy as np
 import yaml
 
-from training.mock_upstream import install_uvloop
+from features.errors import ConfigError, PolyrouteError
+from training.bench.mock_upstream import install_uvloop
 
 TIMEOUT_S = 10.0
 HEADER = b"x-polyroute-overhead-ms"
@@ -68,11 +69,11 @@ def _wait(url: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"{url} did not come up in {timeout_s} s")
 
 
-class HttpError(Exception):
+class HttpError(PolyrouteError):
     """A response the load generator could not read (connection closed, malformed, timeout)."""
 
 
-class _StaleConnectionError(Exception):
+class _StaleConnectionError(PolyrouteError):
     """A reused keep-alive connection was closed by the server before it answered."""
 
 
@@ -291,13 +292,13 @@ def run_overhead(
 ) -> list[dict[str, Any]]:
     """Start the upstream and the router, run each rate, stop both; one row per rate.
 
-    ``upstream_kind``: ``"mock"`` (:mod:`training.mock_upstream`) or ``"replay"`` (the replay
+    ``upstream_kind``: ``"mock"`` (:mod:`training.bench.mock_upstream`) or ``"replay"`` (the replay
     backend, ``--time-scale 0``). ``pin``: router on CPU 0, upstream and load generator on CPU 1.
     """
     if upstream_kind not in ("mock", "replay"):
-        raise ValueError(f"upstream: expected 'mock' or 'replay', got {upstream_kind!r}")
+        raise ConfigError(f"upstream: expected 'mock' or 'replay', got {upstream_kind!r}")
     if pin and len(os.sched_getaffinity(0)) < 2:
-        raise ValueError("pin: needs at least 2 CPUs")
+        raise ConfigError("pin: needs at least 2 CPUs")
     router_cpus, other_cpus = ({0}, {1}) if pin else (None, None)
     workdir.mkdir(parents=True, exist_ok=True)
     up_port, router_port = free_port(), free_port()
@@ -313,7 +314,7 @@ def run_overhead(
     direct_model = raw["models"][0]["name"]
     cli = [sys.executable, "-m", "router.cli"]
     if upstream_kind == "mock":
-        up_cmd = [sys.executable, "-m", "training.mock_upstream", "--port", str(up_port)]
+        up_cmd = [sys.executable, "-m", "training.bench.mock_upstream", "--port", str(up_port)]
     else:
         up_cmd = [*cli, "replay", "--dataset", "bundled", "--port", str(up_port)]
         up_cmd += ["--time-scale", "0"]

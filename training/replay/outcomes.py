@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from router.backends.replay_openai import content_text
 from training.datasets import RoutingDataset
+from training.replay.wire import content_text
 
 UNKNOWN_PROMPT_ANSWER = "[replay: unknown prompt]"
 

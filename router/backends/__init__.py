@@ -1,1 +1,0 @@
-"""Upstream backends: the replay backend that plays a routing dataset's models."""

@@ -1,0 +1,158 @@
+"""The gateway's routes: ``POST /v1/chat/completions``, ``GET /v1/models``,
+``POST /v1/feedback``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``,
+``POST /admin/reload`` and ``GET /admin/canary``; and the handler of the error tree."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from features.errors import NotFoundError, OverloadedError, PolyrouteError, RequestError
+from router.canary import Arm
+from router.events.models import FeedbackEvent
+from router.http.dispatch import dispatch, force
+from router.http.errors import error_of, error_response
+from router.http.gateway import Gateway
+from router.http.request import json_body, parse_chat
+from router.metrics import render
+
+
+def add_routes(app: FastAPI, gateway: Gateway) -> None:
+    """Register the routes (and the error handler) of ``gateway`` on ``app``."""
+    config = gateway.config
+
+    @app.exception_handler(PolyrouteError)
+    async def _handle(request: Request, exc: PolyrouteError) -> JSONResponse:
+        gateway.metrics.errors.labels(type(exc).__name__).inc()
+        return error_of(exc)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, str]:
+        return {"status": "ready", "policy_version": gateway.engine.bundle.version}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload")
+    async def reload_now(request: Request) -> dict[str, Any]:
+        """Poll the policy source(s) now (an operator who just moved an alias)."""
+        gateway.admin(request)
+        if not gateway.reloaders:
+            raise NotFoundError("policy: no policy source is configured (config key 'policy')")
+        report = {}
+        for arm, reloader in gateway.reloaders.items():
+            result = await anyio.to_thread.run_sync(reloader.check_now)
+            serving = gateway.serving(arm)
+            report[arm] = {
+                "source_version": result.version,
+                "changed": result.changed,
+                "error": result.error,
+                "serving_source_version": reloader.source_version,
+                "serving_policy_version": serving.bundle.version if serving else None,
+            }
+        return report
+
+    @app.get("/admin/canary")
+    async def canary_status(request: Request) -> dict[str, Any]:
+        """The canary: state, share, per-arm counts, rewards, error rates and why it stopped."""
+        gateway.admin(request)
+        if gateway.canary is None:
+            raise NotFoundError("policy.canary: no canary is configured")
+        return gateway.canary.status()
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        names = ["auto", *config.profiles, *(m.name for m in config.models)]
+        return {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "owned_by": "polyroute"} for n in names],
+        }
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        body = await json_body(request)
+        decision_id = body.get("decision_id")
+        if not isinstance(decision_id, str):
+            raise RequestError("decision_id: required string")
+        quality = body.get("quality")
+        if not isinstance(quality, int | float) or not 0.0 <= float(quality) <= 1.0:
+            return error_response(
+                422,
+                f"quality: expected a number in [0, 1], got {quality!r}",
+                "invalid_request_error",
+                "quality",
+            )  # type: ignore[return-value]
+        if not gateway.known(decision_id):
+            raise NotFoundError(f"decision_id: unknown decision {decision_id!r}")
+        # rule: every feedback is logged; the latest one wins at the join
+        gateway.sink.emit(FeedbackEvent(event_id=decision_id, quality=float(quality)))
+        if gateway.canary is not None:
+            gateway.canary.on_feedback(decision_id, float(quality))
+        if decision_id not in gateway.recent:  # served by a sibling worker (or forgotten)
+            gateway.remember(decision_id)
+        gateway.recent[decision_id] += 1
+        return {
+            "decision_id": decision_id,
+            "accepted": True,
+            "n_feedback": int(gateway.recent[decision_id]),
+        }
+
+    async def chat(request: Request) -> Response:
+        # admission: the event loop is single-threaded, so the check and the increment are atomic
+        if gateway.in_flight >= config.max_in_flight:
+            raise OverloadedError(
+                f"overloaded: {gateway.in_flight} requests in flight (max_in_flight "
+                f"{config.max_in_flight}); retry shortly"
+            )
+        gateway.in_flight += 1
+        try:
+            return await _chat(request)
+        finally:
+            gateway.in_flight -= 1
+
+    async def _chat(request: Request) -> Response:
+        start = time.perf_counter()
+        body = await json_body(request)
+        call = parse_chat(request, body, config, gateway.pickers, gateway.tenant)
+        engine = gateway.engine  # read once: a hot reload may swap it while we await
+        arm: Arm = "champion"
+        canary = gateway.canary if call.override is None else None  # pass-through: no policy
+        if canary is not None:
+            arm = canary.choose()  # a coin independent of the request (keeps IPS valid)
+            engine = canary.engine if arm == "challenger" and canary.engine else engine
+        decision = engine.decide(
+            call.text,
+            call.n_turns,
+            call.input_tokens,
+            call.max_out,
+            call.hints,
+            call.tenant.data_classes if call.tenant else None,
+        )
+        decision = gateway.signed(decision)
+        if call.override:
+            decision = force(decision, call.requested)
+        # logged first: a decision the log refused (503) is not served and takes no feedback
+        gateway.sink.emit(
+            gateway.decision_event(
+                engine, decision, call.tenant, call.hints, call.override, call.text
+            )
+        )
+        gateway.remember(decision.decision_id)
+        if canary is not None:
+            canary.on_decision(decision.decision_id, arm)
+        gateway.metrics.decisions.labels(decision.chosen).inc()
+        return await dispatch(gateway, body, decision, start, call.stream, call.input_tokens)
+
+    # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
+    # FastAPI's per-request dependency solving and response validation would only cost time
+    app.router.add_route("/v1/chat/completions", chat, methods=["POST"], include_in_schema=False)
