@@ -1,6 +1,6 @@
 """The learning-loop commands of ``polyroute``: ``train``, ``rollback``, ``policy``, ``demo``.
 
-Kept apart from ``router.cli`` (the service's commands) and imported lazily: nothing here
+Kept apart from ``router.cli`` (the other commands) and imported lazily: nothing here
 imports MLflow until a command runs.
 """
 
@@ -111,13 +111,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``train``, ``rollback`` and ``policy`` on the ``polyroute`` subparsers."""
+    """Register ``train``, ``rollback``, ``demo`` and ``policy`` on the ``polyroute``
+    subparsers."""
 
     def registry_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--tracking-uri", help="MLflow tracking/registry URI (default: embedded SQLite)"
         )
-        parser.add_argument("--model-name", default="polyroute-policy")
+        parser.add_argument(
+            "--model-name", default="polyroute-policy", help="registered model of the policy"
+        )
 
     train = sub.add_parser(
         "train", help="retrain the policy from logged events; evaluate, register and gate it"
@@ -129,40 +132,65 @@ def add_commands(sub: Any) -> None:
     train.add_argument("--base", help="bundle that produced the logs, when no @champion exists")
     train.add_argument("--from-scratch", action="store_true", help="do not warm-start")
     train.add_argument("--holdout", type=float, default=0.3, help="latest share kept for OPE")
-    train.add_argument("--join-window-s", type=float, default=3600.0)
-    train.add_argument("--default-quality", type=float, default=0.0)
+    train.add_argument(
+        "--join-window-s", type=float, default=3600.0, help="seconds a feedback may join"
+    )
+    train.add_argument(
+        "--default-quality", type=float, default=0.0, help="quality without feedback"
+    )
     train.add_argument("--w-cost", type=float, help="reward cost weight (default: champion's)")
-    train.add_argument("--w-latency", type=float)
+    train.add_argument(
+        "--w-latency", type=float, help="reward latency weight (default: champion's)"
+    )
     train.add_argument("--margin", type=float, default=0.0, help="gate: required improvement")
     train.add_argument("--min-ess", type=float, default=200.0, help="gate: min effective n")
-    train.add_argument("--estimator", default="dr", choices=("dr", "snipw", "ipw", "switch_dr"))
-    train.add_argument("--n-bootstrap", type=int, default=1000)
-    train.add_argument("--report-dir", default=".polyroute/reports")
+    train.add_argument(
+        "--estimator",
+        default="dr",
+        choices=("dr", "snipw", "ipw", "switch_dr"),
+        help="gate: off-policy estimator",
+    )
+    train.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals"
+    )
+    train.add_argument(
+        "--report-dir", default=".polyroute/reports", help="directory of the HTML reports"
+    )
     train.add_argument("--no-promote", action="store_true", help="register as @challenger only")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="seed of the training")
     registry_options(train)
     train.set_defaults(func=_train)
 
     rollback = sub.add_parser("rollback", help="move @champion back to the previous champion")
-    rollback.add_argument("--reason", default="operator rollback")
+    rollback.add_argument(
+        "--reason", default="operator rollback", help="recorded on the registry versions"
+    )
     registry_options(rollback)
     rollback.set_defaults(func=_rollback)
 
     demo = sub.add_parser(
         "demo", help="the closed learning loop: replay backends, gateway, SDK traffic, retraining"
     )
-    demo.add_argument("--rounds", type=int, default=5)
+    demo.add_argument("--rounds", type=int, default=5, help="traffic + retraining rounds")
     demo.add_argument("--requests", type=int, default=1000, help="requests per round")
     demo.add_argument("--models", help="comma-separated models (default: six of the sample)")
-    demo.add_argument("--feedback-share", type=float, default=0.9)
-    demo.add_argument("--margin", type=float, default=0.0)
-    demo.add_argument("--min-ess", type=float, default=50.0)
-    demo.add_argument("--n-bootstrap", type=int, default=500)
-    demo.add_argument("--concurrency", type=int, default=8)
+    demo.add_argument(
+        "--feedback-share", type=float, default=0.9, help="share of requests given feedback"
+    )
+    demo.add_argument("--margin", type=float, default=0.0, help="gate: required improvement")
+    demo.add_argument("--min-ess", type=float, default=50.0, help="gate: min effective n")
+    demo.add_argument(
+        "--n-bootstrap", type=int, default=500, help="bootstrap resamples of the intervals"
+    )
+    demo.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     demo.add_argument("--offline", action="store_true", help="simulate traffic in-process")
-    demo.add_argument("--out", default="experiments/results/demo")
-    demo.add_argument("--work-dir", default=".polyroute/demo")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--out", default="experiments/results/demo", help="directory of the demo's results"
+    )
+    demo.add_argument(
+        "--work-dir", default=".polyroute/demo", help="directory of events, bundles, MLflow"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of traffic and training")
     demo.set_defaults(func=_demo)
 
     policy = sub.add_parser("policy", help="registered policy versions: champion, challenger")

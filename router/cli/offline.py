@@ -1,0 +1,388 @@
+"""The offline commands: ``bundle`` (train a bundle), ``evaluate`` (off-policy evaluation),
+``events export``, ``ope-coverage``, ``synth-events`` and ``train-scale``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from features.errors import ConfigError
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from training.bundle_train import train_bundle
+    from training.datasets import load_dataset
+
+    bundle = train_bundle(
+        load_dataset(args.dataset), w_cost=args.w_cost, w_latency=args.w_latency, seed=args.seed
+    )
+    path = bundle.save(args.out)
+    print(
+        json.dumps(
+            {"bundle": str(path), "version": bundle.version, "models": len(bundle.catalogue.names)}
+        )
+    )
+    return 0
+
+
+def _events_export(args: argparse.Namespace) -> int:
+    from router.events import export_dsjson, read_events
+
+    stats = export_dsjson(read_events(args.events), args.out)
+    print(json.dumps({"out": args.out, **dataclasses.asdict(stats)}))
+    return 0
+
+
+def _load_policy_bundle(ref: str, tracking_uri: str | None = None) -> Any:
+    """A policy bundle from a bundle directory or a registry reference: ``models:/NAME@ALIAS``
+    or ``models:/NAME/VERSION`` (MLflow at ``tracking_uri``, default the embedded store)."""
+    from router.bundle import PolicyBundle
+
+    if not ref.startswith("models:/"):
+        return PolicyBundle.load(ref)
+    from training import registry
+
+    name, _, rest = ref.removeprefix("models:/").partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        version = registry.alias_version(alias, name, tracking_uri)
+        if version is None:
+            raise ConfigError(f"{ref}: no such registered model or alias")
+    elif rest:
+        version = rest
+    else:
+        raise ConfigError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return registry.load_bundle(version, name, tracking_uri)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from router.events.join import join_events
+    from training.evaluate import evaluate_policies
+    from training.report import write_report
+    from training.train import load_events
+
+    events = load_events(args.events, table_prefix=args.table_prefix)
+    policies: dict[str, Any] = {}
+    for i, ref in enumerate(args.candidate or []):
+        name, _, path = ref.partition("=") if "=" in ref else ("", "", ref)
+        name = name or ("candidate" if len(args.candidate) == 1 else f"candidate-{i + 1}")
+        policies[name] = _load_policy_bundle(path, args.tracking_uri)
+    if args.champion:
+        policies["champion"] = _load_policy_bundle(args.champion, args.tracking_uri)
+    joined = join_events(events, args.join_window_s, args.default_quality)
+    evaluation = evaluate_policies(
+        joined, policies, n_bootstrap=args.n_bootstrap, seed=args.seed, min_ess=args.min_ess
+    )
+    candidate = next((p for p in policies if p != "champion"), None)
+    champion = "champion" if args.champion else None
+    extra = {f"bundle {name}": getattr(b, "version", "?") for name, b in policies.items()}
+    extra |= {"events": args.events if "://" not in args.events else "PostgreSQL"}
+    out = write_report(
+        evaluation, args.out, title=args.title, champion=champion, candidate=candidate,
+        extra=extra, min_ess=args.min_ess,
+    )  # fmt: skip
+    table = evaluation.estimates.xs("dr", level="estimator").unstack("target")
+    print(f"{evaluation.n} decisions evaluated; excluded: {evaluation.n_excluded or 'none'}")
+    print(f"{'policy':<24}{'DR reward':>30}{'DR quality':>12}{'DR cost USD':>13}{'ESS':>8}")
+    for policy in table.index:
+        row = table.loc[policy]
+        interval = f"[{row[('boot_low', 'reward')]:+.4f}, {row[('boot_high', 'reward')]:+.4f}]"
+        print(
+            f"{policy[:23]:<24}{row[('value', 'reward')]:>+10.4f} {interval:>19}"
+            f"{row[('value', 'quality')]:>12.4f}{row[('value', 'cost_usd')]:>13.3g}"
+            f"{evaluation.diagnostics[policy]['ess']:>8.0f}"
+        )
+        for warning in evaluation.diagnostics[policy]["warnings"]:
+            print(f"  ! {warning}")
+    if candidate is not None:
+        imp = evaluation.improvement(candidate, champion or "logging")
+        print(
+            f"{candidate} - {champion or 'logging'} (DR reward): {imp['delta']:+.4f} "
+            f"[{imp['low']:+.4f}, {imp['high']:+.4f}]"
+        )
+    print(f"wrote {out}")
+    return 0
+
+
+def _ope_coverage(args: argparse.Namespace) -> int:
+    import functools
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.datasets import load_dataset
+    from training.ope_coverage import (
+        CoverageConfig,
+        fit_candidate,
+        machine_description,
+        markdown_report,
+        run_coverage,
+        scenario_meta,
+        summarise,
+    )
+
+    try:
+        configs = []
+        for item in (s for s in args.scenarios.split(",") if s):
+            logging_policy, _, target = item.partition("/")
+            configs.append(
+                CoverageConfig(
+                    n_runs=args.runs,
+                    n_logged=args.n_logged,
+                    target=target,
+                    tau=args.tau,
+                    logging=logging_policy,
+                    logging_epsilon=args.logging_epsilon,
+                    w_cost=args.w_cost,
+                    reward_model=args.reward_model,
+                    n_bootstrap=args.n_bootstrap,
+                    seed=args.seed,
+                )
+            )
+    except ValueError as exc:
+        print(f"polyroute ope-coverage: error: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    candidate = fit_candidate(load_dataset(args.dataset), args.w_cost, args.seed)
+    results = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=args.quiet,
+    ) as bar:
+        for config in configs:
+            task = bar.add_task(f"{config.logging}/{config.target}", total=config.n_runs)
+            runs = run_coverage(candidate, config, functools.partial(bar.advance, task))
+            results.append((scenario_meta(config, runs), summarise(runs)))
+    seconds = time.perf_counter() - start
+    command = (
+        f"polyroute ope-coverage --dataset {args.dataset} --scenarios {args.scenarios} "
+        f"--runs {args.runs} --n-logged {args.n_logged} --tau {args.tau} "
+        f"--logging-epsilon {args.logging_epsilon} --w-cost {args.w_cost} "
+        f"--reward-model {args.reward_model} --n-bootstrap {args.n_bootstrap} --seed {args.seed}"
+    )
+    date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    machine = machine_description()
+    report = markdown_report(results, command, date, machine, seconds)
+    print(report)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+    if args.json:
+        payload = {
+            "command": command,
+            "date": date,
+            "machine": machine,
+            "seconds": seconds,
+            "scenarios": [
+                {**meta, "summary": summary.to_dict(orient="index")} for meta, summary in results
+            ],
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+def _synth_events(args: argparse.Namespace) -> int:
+    from training.synth_events import SynthConfig, describe, write_synthetic_events
+
+    config = SynthConfig(
+        n_decisions=args.n,
+        chunk_decisions=args.chunk,
+        formats=tuple(f for f in args.formats.split(",") if f),
+        seed=args.seed,
+    )
+    print(json.dumps(describe(write_synthetic_events(args.out, config))))
+    return 0
+
+
+def _train_scale(args: argparse.Namespace) -> int:
+    import os
+    import platform
+    from datetime import UTC, datetime
+
+    from router.policy.base import RewardSpec
+    from training.scale import ScaleConfig, remove_run, train_at_scale
+
+    reward = None
+    if args.w_cost is not None or args.w_latency is not None:
+        reward = RewardSpec(
+            w_cost=args.w_cost or 0.0,
+            w_latency=args.w_latency or 0.0,
+            cost_scale=args.cost_scale,
+            latency_scale=args.latency_scale,
+        )
+    config = ScaleConfig(
+        join_window_s=args.join_window_s,
+        default_quality=args.default_quality,
+        reward=reward,
+        n_estimators=args.n_estimators,
+        n_workers=args.workers,
+        worker_memory=args.worker_memory,
+        vw_native_parser=not args.python_vw,
+        workdir=args.workdir,
+    )
+    load_before = os.getloadavg()
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = train_at_scale(args.events, config)
+    row = {
+        "command": "polyroute train-scale " + " ".join(sys.argv[2:]),
+        "date": started,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "load_avg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        **result.summary(),
+    }
+    if args.save_policy:
+        result.policy.save(args.save_policy)
+    if not args.keep:
+        remove_run(result)
+    text = json.dumps(row, indent=1)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``bundle``, ``evaluate``, ``events export``, ``ope-coverage``,
+    ``synth-events`` and ``train-scale``."""
+    bundle = sub.add_parser(
+        "bundle", help="train a policy bundle (features + VW policy) on a dataset's train split"
+    )
+    bundle.add_argument("--dataset", default="bundled", help="dataset directory, or 'bundled'")
+    bundle.add_argument("--out", required=True, help="directory to write the bundle into")
+    bundle.add_argument("--w-cost", type=float, default=0.2, help="reward weight of cost")
+    bundle.add_argument("--w-latency", type=float, default=0.0, help="reward weight of latency")
+    bundle.add_argument("--seed", type=int, default=0, help="seed of the policy")
+    bundle.set_defaults(func=_bundle)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="off-policy evaluation of policy bundles on logged decisions"
+    )
+    evaluate.add_argument(
+        "--events", required=True, help="event log directory, or a postgresql:// URL"
+    )
+    evaluate.add_argument("--table-prefix", default="polyroute", help="PostgreSQL table prefix")
+    evaluate.add_argument(
+        "--candidate",
+        action="append",
+        help="candidate bundle directory, optionally NAME=DIR (repeatable)",
+    )
+    evaluate.add_argument(
+        "--champion", help="champion: bundle directory or models:/polyroute-policy@champion"
+    )
+    evaluate.add_argument("--tracking-uri", help="MLflow URI for models:/ references")
+    evaluate.add_argument("--out", required=True, help="HTML report to write")
+    evaluate.add_argument(
+        "--title", default="polyroute off-policy evaluation", help="title of the report"
+    )
+    evaluate.add_argument(
+        "--join-window-s", type=float, default=3600.0, help="seconds a feedback may join"
+    )
+    evaluate.add_argument(
+        "--default-quality", type=float, default=0.0, help="quality without feedback"
+    )
+    evaluate.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals"
+    )
+    evaluate.add_argument(
+        "--min-ess", type=float, default=100.0, help="warn below this effective sample size"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    evaluate.set_defaults(func=_evaluate)
+
+    events = sub.add_parser("events", help="event log tools")
+    events_sub = events.add_subparsers(dest="events_command", required=True)
+    export = events_sub.add_parser("export", help="export joined decisions for VW")
+    export.add_argument("--events", required=True, help="event log directory")
+    export.add_argument("--format", choices=("dsjson",), default="dsjson", help="export format")
+    export.add_argument("--out", required=True, help="file to write")
+    export.set_defaults(func=_events_export)
+
+    ope_cov = sub.add_parser(
+        "ope-coverage", help="coverage of the OPE intervals against full-information truth"
+    )
+    ope_cov.add_argument("--dataset", default="bundled", help="dataset directory, or 'bundled'")
+    ope_cov.add_argument(
+        "--scenarios",
+        default="uniform/softmax,uniform/greedy,epsilon_greedy/softmax",
+        help="comma-separated LOGGING/TARGET pairs (logging: uniform, epsilon_greedy; "
+        "target: softmax, greedy)",
+    )
+    ope_cov.add_argument("--runs", type=int, default=200, help="seeded runs per scenario")
+    ope_cov.add_argument("--n-logged", type=int, default=600, help="logged decisions per run")
+    ope_cov.add_argument("--tau", type=float, default=0.05, help="softmax target temperature")
+    ope_cov.add_argument(
+        "--logging-epsilon", type=float, default=0.3, help="exploration of epsilon_greedy logging"
+    )
+    ope_cov.add_argument("--w-cost", type=float, default=0.2, help="reward weight of cost")
+    ope_cov.add_argument(
+        "--reward-model",
+        choices=("ridge", "lgbm"),
+        default="ridge",
+        help="reward model of the DM/DR estimators",
+    )
+    ope_cov.add_argument(
+        "--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals"
+    )
+    ope_cov.add_argument("--seed", type=int, default=0, help="seed of the first run")
+    ope_cov.add_argument("--out", help="write the Markdown report here")
+    ope_cov.add_argument("--json", help="write the JSON results here")
+    ope_cov.add_argument("--quiet", action="store_true", help="no progress bar")
+    ope_cov.set_defaults(func=_ope_coverage)
+
+    synth = sub.add_parser(
+        "synth-events", help="synthetic-from-real event logs (JSON lines + Parquet) for scale tests"
+    )
+    synth.add_argument("--out", required=True, help="directory to write jsonl/ and parquet/ into")
+    synth.add_argument("--n", type=int, default=100_000, help="logged decisions to generate")
+    synth.add_argument("--chunk", type=int, default=50_000, help="decisions per file")
+    synth.add_argument("--formats", default="jsonl,parquet", help="jsonl, parquet or both")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    synth.set_defaults(func=_synth_events)
+
+    scale = sub.add_parser(
+        "train-scale",
+        help="retrain the reward model (LightGBM on Dask) and the VW policy from a large log",
+    )
+    scale.add_argument("--events", required=True, help="Parquet-layout log or file sink dir")
+    scale.add_argument("--workers", type=int, default=2, help="Dask worker processes")
+    scale.add_argument("--worker-memory", default="4GiB", help="memory limit per worker")
+    scale.add_argument(
+        "--join-window-s", type=float, default=3600.0, help="seconds a feedback may join"
+    )
+    scale.add_argument(
+        "--default-quality", type=float, default=0.0, help="quality without feedback"
+    )
+    scale.add_argument(
+        "--w-cost", type=float, help="recompute rewards with this cost weight (default: logged)"
+    )
+    scale.add_argument("--w-latency", type=float, help="... and this latency weight")
+    scale.add_argument(
+        "--cost-scale", type=float, default=1.0, help="the reward divides cost (USD) by this"
+    )
+    scale.add_argument(
+        "--latency-scale",
+        type=float,
+        default=1000.0,
+        help="the reward divides latency (ms) by this",
+    )
+    scale.add_argument(
+        "--n-estimators", type=int, default=100, help="boosting rounds of the reward model"
+    )
+    scale.add_argument("--python-vw", action="store_true", help="feed VW from Python, not a pipe")
+    scale.add_argument("--workdir", help="directory for intermediate Parquet (default: temp)")
+    scale.add_argument("--keep", action="store_true", help="keep the intermediate files")
+    scale.add_argument("--save-policy", help="save the trained VW policy to this directory")
+    scale.add_argument("--json", help="write the timings JSON here")
+    scale.set_defaults(func=_train_scale)
