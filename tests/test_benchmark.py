@@ -51,6 +51,7 @@ def run(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict
             "--plots", str(work / "plots"),
             "--bandits", "vw_squarecb,epsilon_greedy",
             "--bandit-lambdas", "2",
+            "--rounds", "2",
             "--tracking-uri", f"sqlite:///{work / 'mlflow.db'}",
             "--quiet",
         ]
@@ -68,6 +69,13 @@ def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
                  "zero_router", "bandit:vw_squarecb", "bandit:epsilon_greedy"):  # fmt: skip
         assert set(result["routers"][name]) >= ROUTER_KEYS, name
     assert {"apgr", "cpt_50", "cpt_80"} <= set(result["routers"]["direct"])
+    # the serving policy's learning-loop replays, cold and warm: each curve has a point per
+    # decision-time trade-off of the grid (not one replay per point)
+    for name in ("bandit:squarecb_quality", "bandit:squarecb_quality+warm25"):
+        assert len(result["routers"][name]["curve"]) >= 20, name
+    warm = result["bandit_replay"]["policies"]["squarecb_quality+warm25"]
+    assert warm["n_labelled"] + warm["n_partial_feedback"] == 300
+    assert 0 < warm["n_labelled"] < 150
 
 
 def test_aiq_is_recomputable_from_the_json(run: tuple[dict, Path]) -> None:

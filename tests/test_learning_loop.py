@@ -42,7 +42,9 @@ SIX = [
 @pytest.fixture(scope="module")
 def cold(small: RoutingDataset) -> PolicyBundle:
     """A new deployment: features and cost model fitted, the policy knows nothing yet."""
-    return train_bundle(small, cold_start=True, policy_params={"learning_rate": 0.5})
+    return train_bundle(
+        small, cold_start=True, policy_name="vw_squarecb", policy_params={"learning_rate": 0.5}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from router.policy.actions import ActionCatalogue
 from router.policy.base import Policy, RewardSpec
 from router.policy.baselines import KNNPolicy
 from router.policy.direct import QualityPredictor
+from router.policy.quality import QualitySquareCBPolicy
 from router.policy.registry import get_policy_class
 from training.datasets import RoutingDataset
 from training.evaluation import (
@@ -40,9 +41,15 @@ from training.evaluation import (
     sweep,
 )
 from training.metrics import Curve, aiq
-from training.simulate import ReplayTrace, expected_point, replay
+from training.simulate import (
+    ReplayTrace,
+    expected_point,
+    quality_policy_curve,
+    replay,
+    replay_rounds,
+)
 
-BANDITS = ("vw_squarecb", "epsilon_greedy", "linucb")
+BANDITS = ("vw_squarecb",)  # replayed once per trade-off; also: "epsilon_greedy", "linucb"
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,13 @@ class BenchmarkConfig:
 
     strong, weak : the APGR pair (default: best single and cheapest model on train).
     n_lambdas : size of the geometric lambda grid of the full-information sweep.
-    bandit_lambdas : number of reward trade-offs each bandit is replayed with.
-    bandits : bandit policies to replay (registry names).
+    bandit_lambdas : number of reward trade-offs each of ``bandits`` is replayed with (their
+        reward has the trade-off built in, so each point of their curve is a separate replay).
+    bandits : those bandit policies (registry names).
+    quality_bandit : replay the serving policy (``squarecb_quality``) in the learning loop:
+        partial feedback in ``rounds`` rounds of traffic, retrained after each; cold, and warm
+        from ``warm_share`` of the train split given with full information. One replay gives the
+        whole curve (the trade-off applies at decision time), at every lambda of the grid.
     estimator, C : the direct router's quality estimator.
     knn_k : neighbours of the kNN baseline.
     test_prompts : "complete" evaluates on the test prompts where every model's outcome is known
@@ -64,8 +76,11 @@ class BenchmarkConfig:
     strong: str | None = None
     weak: str | None = None
     n_lambdas: int = 60
-    bandit_lambdas: int = 7
+    bandit_lambdas: int = 20
     bandits: tuple[str, ...] = BANDITS
+    quality_bandit: bool = True
+    warm_share: float = 0.25
+    rounds: int = 4
     estimator: str = "logistic_cv"
     C: float = 0.1
     knn_k: int = 10
@@ -78,7 +93,11 @@ class BenchmarkConfig:
         if self.n_lambdas < 2:
             raise ValueError(f"n_lambdas must be >= 2, got {self.n_lambdas}")
         if self.bandit_lambdas < 1:
-            raise ValueError(f"bandit_lambdas must be >= 1, got {self.bandit_lambdas}")
+            raise ConfigError(f"bandit_lambdas must be >= 1, got {self.bandit_lambdas}")
+        if not 0.0 < self.warm_share < 1.0:
+            raise ConfigError(f"warm_share must be in (0, 1), got {self.warm_share}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         for name in self.bandits:
             get_policy_class(name)
         if self.test_prompts not in ("complete", "all"):
@@ -250,6 +269,49 @@ def run_benchmark(
             "aiq_ratio_to_direct": routers[f"bandit:{name}"]["aiq"] / routers["direct"]["aiq"],
             "seconds": elapsed,
         }
+
+    if config.quality_bandit:
+        spec = RewardSpec(w_cost=middle, cost_scale=cost_scale)
+        labelled = (
+            np.random.default_rng(config.seed + 1).random(train.n_prompts) < config.warm_share
+        )
+        variants = {
+            "squarecb_quality": None,
+            f"squarecb_quality+warm{round(config.warm_share * 100)}": labelled,
+        }
+        for label, mask in variants.items():
+            clock = time.perf_counter()
+            n_stream = train.n_prompts - (0 if mask is None else int(mask.sum()))
+            tick = progress(f"learning loop replay: {label}", n_stream)
+            result = replay_rounds(
+                lambda: QualitySquareCBPolicy(reward=spec, seed=config.seed),
+                train,
+                x_train,
+                catalogue,
+                c_hat["train"],
+                l_hat["train"],
+                labelled=mask,
+                rounds=config.rounds,
+                seed=config.seed,
+                on_step=tick,
+            )
+            policy = result.policy
+            assert isinstance(policy, QualitySquareCBPolicy)
+            curve = quality_policy_curve(policy, test, x_test, c_hat["test"], cost_scale, grid)
+            record(f"bandit:{label}", curve)
+            traces[label] = result.trace
+            elapsed = time.perf_counter() - clock
+            timings[f"bandit_{label}_s"] = elapsed
+            bandit_info[label] = {
+                "final_cumulative_regret": float(result.trace.cumulative_regret[-1]),
+                "mean_reward": float(result.trace.reward.mean()),
+                "aiq_ratio_to_direct": routers[f"bandit:{label}"]["aiq"] / routers["direct"]["aiq"],
+                "n_labelled": result.n_labelled,
+                "n_partial_feedback": n_stream,
+                "rounds": config.rounds,
+                "w_cost": middle,
+                "seconds": elapsed,
+            }
 
     summary: dict[str, Any] = {
         "dataset": data.name,

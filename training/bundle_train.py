@@ -11,7 +11,7 @@ from features.featurizer import FeaturizerConfig, RequestFeaturizer
 from router.bundle import PolicyBundle
 from router.policy.actions import ActionCatalogue
 from router.policy.base import RewardSpec
-from router.policy.registry import get_policy_class
+from router.policy.registry import DEFAULT_POLICY, get_policy_class
 from router.policy.vw import VWSquareCBPolicy
 from training.evaluation import Reference
 
@@ -20,7 +20,7 @@ def train_bundle(
     dataset: Any,
     w_cost: float = 0.2,
     w_latency: float = 0.0,
-    policy_name: str = "vw_squarecb",
+    policy_name: str = DEFAULT_POLICY,
     seed: int = 0,
     featurizer_config: FeaturizerConfig | None = None,
     cold_start: bool = False,

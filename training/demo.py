@@ -260,7 +260,11 @@ def run_demo(
     use_experiment(registry.TRAINING_EXPERIMENT, tracking_uri)
     data = load_dataset("bundled")
     started = time.perf_counter()
-    cold = train_bundle(data, cold_start=True, policy_params=policy_params)
+    # the cold-start demo learns everything from the loop's logs, which VW's online learner does
+    # from the first round (the quality policy's prior comes from labelled data it does not have)
+    cold = train_bundle(
+        data, cold_start=True, policy_name="vw_squarecb", policy_params=policy_params
+    )
     base_dir = cold.save(work_dir / "cold-bundle")
     events_dir = work_dir / "events"
     models = config.models or DEMO_MODELS

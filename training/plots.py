@@ -17,6 +17,8 @@ _SHOWN = (
     "direct",
     "knn10",
     "per_task_static",
+    "bandit:squarecb_quality",
+    "bandit:squarecb_quality+warm25",
     "bandit:vw_squarecb",
     "bandit:epsilon_greedy",
     "bandit:linucb",

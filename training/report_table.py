@@ -73,10 +73,16 @@ def markdown_table(summary: dict[str, Any]) -> str:
     replay = summary["bandit_replay"]
     lines += ["", f"Bandit replay trade-offs (w_cost): {[round(x, 4) for x in replay['lambdas']]}"]
     for name, info in replay["policies"].items():
+        loop = (
+            f" (learning loop: {info['n_labelled']} prompts labelled, {info['n_partial_feedback']} "
+            f"with partial feedback in {info['rounds']} retraining rounds)"
+            if "rounds" in info
+            else ""
+        )
         lines.append(
             f"- {name}: AIQ / direct AIQ = {info['aiq_ratio_to_direct']:.3f}, final cumulative "
             f"regret {info['final_cumulative_regret']:.1f} at w_cost={replay['trace_lambda']:.3g}, "
-            f"{info['seconds']:.0f} s"
+            f"{info['seconds']:.0f} s{loop}"
         )
     timings = ", ".join(f"{k} {v:.0f}" for k, v in summary["timings_s"].items())
     lines += ["", f"Timings (s): {timings}", ""]

@@ -15,7 +15,9 @@ import numpy as np
 
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, Policy, RewardSpec
+from router.policy.quality import QualitySquareCBPolicy, igw_pmf
 from training.datasets import RoutingDataset
+from training.metrics import Curve
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,110 @@ def expected_point(
         cost += float(pmf @ data.cost[i, eligible])
         quality += float(pmf @ data.quality[i, eligible])
     return cost / data.n_prompts, quality / data.n_prompts
+
+
+@dataclass
+class RoundsResult:
+    """A replay in retraining rounds: the final policy, its trace and what it logged."""
+
+    policy: Policy
+    trace: ReplayTrace
+    logged_quality: np.ndarray  # (n, M): the labelled rows' outcomes and each streamed choice's
+    n_labelled: int
+
+
+def replay_rounds(
+    make_policy: Callable[[], Policy],
+    data: RoutingDataset,
+    contexts: np.ndarray,
+    catalogue: ActionCatalogue,
+    expected_cost: np.ndarray,
+    expected_latency: np.ndarray,
+    *,
+    labelled: np.ndarray | None = None,
+    rounds: int = 4,
+    seed: int = 0,
+    on_step: Callable[[], None] | None = None,
+) -> RoundsResult:
+    """The learning loop on a full-information dataset: partial feedback, periodic retraining.
+
+    ``labelled`` rows (a boolean mask) are a labelled set the user brings: every model's outcome
+    on them is known and the first policy is fitted on them (none: a cold start). The other rows
+    stream once in a seeded order, split into ``rounds`` equal rounds of traffic; in each round
+    the serving policy decides (a pmf), one model is sampled and only its outcome is seen and
+    learned online (``learn_one``); after each round a new policy is fitted on everything seen
+    so far (the labelled rows plus the chosen models' outcomes), as the retraining loop does.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(data.n_prompts, bool) if labelled is None else np.asarray(labelled, bool)
+    logged = np.full(data.quality.shape, np.nan)
+    logged[mask] = np.where(data.available[mask], data.quality[mask], np.nan)
+    all_actions = catalogue.actions_with_costs(
+        np.zeros(len(catalogue.names)), np.zeros(len(catalogue.names))
+    )
+    policy = make_policy()
+    rewards_true = true_rewards(data, policy.reward)
+    seen = mask.copy()
+    if seen.any():
+        policy.fit(contexts[seen], all_actions, logged[seen])
+    stream = rng.permutation(np.flatnonzero(~mask))
+    got, best, prob = (np.empty(len(stream)) for _ in range(3))
+    t = 0
+    for chunk in np.array_split(stream, rounds):
+        for i in chunk:
+            eligible, actions = _eligible_actions(
+                data, catalogue, expected_cost, expected_latency, i
+            )
+            pmf = policy.predict_one(contexts[i], actions)
+            k = int(rng.choice(len(actions), p=pmf))
+            m = eligible[k]
+            reward = float(rewards_true[i, m])
+            policy.learn_one(contexts[i], actions, k, float(pmf[k]), reward)
+            logged[i, m] = data.quality[i, m]
+            got[t], best[t], prob[t] = reward, rewards_true[i, eligible].max(), pmf[k]
+            t += 1
+            if on_step is not None:
+                on_step()
+        seen[chunk] = True
+        policy = make_policy().fit(contexts[seen], all_actions, logged[seen])
+    trace = ReplayTrace(reward=got, oracle_reward=best, chosen_probability=prob)
+    return RoundsResult(policy, trace, logged, int(mask.sum()))
+
+
+def quality_policy_curve(
+    policy: QualitySquareCBPolicy,
+    data: RoutingDataset,
+    contexts: np.ndarray,
+    expected_cost: np.ndarray,
+    cost_scale: float,
+    grid: np.ndarray,
+) -> Curve:
+    """Operating points of serving ``data`` with the policy's pmf (exploration included) at each
+    decision-time cost weight in ``grid``: ``(mean cost, mean quality)`` of the expected outcome.
+
+    The policy's quality model does not depend on the trade-off, so one learned policy gives the
+    whole curve (a profile's weights apply at decision time)."""
+    assert policy.predictor is not None
+    q_all = policy.quality_all(contexts)
+    index = policy.predictor.index_
+    fallback = float(policy.predictor.prior_.mean())
+    names = data.model_names
+    q = np.column_stack(
+        [q_all[:, index[m]] if m in index else np.full(len(q_all), fallback) for m in names]
+    )
+    base = q + policy.residuals(names)[None, :]
+    gamma = policy.gamma()
+    curve: Curve = []
+    for lam in grid:
+        cost = quality = 0.0
+        weight = 1e6 if np.isinf(lam) else lam
+        rewards = base - weight * expected_cost / cost_scale
+        for i in range(data.n_prompts):
+            eligible = np.flatnonzero(data.available[i])
+            pmf = igw_pmf(rewards[i, eligible], gamma, policy.epsilon)
+            cost += float(pmf @ data.cost[i, eligible])
+            quality += float(pmf @ data.quality[i, eligible])
+        curve.append((cost / data.n_prompts, quality / data.n_prompts))
+    return curve

@@ -49,7 +49,6 @@ from router.errors import DatasetError
 from router.events.join import join_events
 from router.events.models import DecisionEvent, Event
 from router.policy.base import Action, Policy, RewardSpec
-from router.policy.vw import VWSquareCBPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +300,9 @@ def train_from_logs(
     if warm_start:
         policy = copy_policy(base.policy, spec)
     else:
-        policy = VWSquareCBPolicy(reward=spec, seed=seed)
+        # the base policy's kind and parameters, untrained
+        params = {k: v for k, v in base.policy.params().items() if k != "seed"}
+        policy = type(base.policy)(reward=spec, seed=seed, **params)
     n_learned = learn_from_rows(policy, base, train_rows)
     reward_model = (
         RewardModel(seed=seed).fit(train_rows.frame, base.catalogue.names)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from router.cli.options import EXAMPLE_CONFIG
+from router.cli.options import DEFAULT_POLICY, EXAMPLE_CONFIG
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -31,6 +31,9 @@ def _benchmark(args: argparse.Namespace) -> int:
         weak=args.weak,
         bandits=tuple(b for b in args.bandits.split(",") if b),
         bandit_lambdas=args.bandit_lambdas,
+        quality_bandit=not args.no_quality_bandit,
+        warm_share=args.warm_share,
+        rounds=args.rounds,
         test_prompts=args.test_prompts,
         seed=args.seed,
     )
@@ -118,7 +121,8 @@ def _bench_decision(args: argparse.Namespace) -> int:
     from training.datasets import load_dataset
 
     data = load_dataset(args.dataset)
-    engine = DecisionEngine(load_config(args.config), train_bundle(data), seed=0)
+    bundle = train_bundle(data, policy_name=args.policy)
+    engine = DecisionEngine(load_config(args.config), bundle, seed=0)
     test = data.split("test")
     texts = test.prompts["prompt"].tolist()
     hints = RequestHints()
@@ -134,7 +138,7 @@ def _bench_decision(args: argparse.Namespace) -> int:
             start = time.perf_counter_ns()
             engine.bundle.featurizer.transform_one(text)
             features.append(time.perf_counter_ns() - start)
-    row: dict[str, Any] = {"dataset": data.name, "n_calls": len(decide)}
+    row: dict[str, Any] = {"dataset": data.name, "policy": args.policy, "n_calls": len(decide)}
     per_stage = np.array(stages).T
     series = [("decision", decide), ("features", features)]
     series += [(f"stage_{name}", per_stage[i]) for i, name in enumerate(STAGES)]
@@ -187,10 +191,34 @@ def add_commands(sub: Any) -> None:
     bench.add_argument("--weak", help="weak model of the APGR pair (default: cheapest)")
     bench.add_argument(
         "--bandits",
-        default="vw_squarecb,epsilon_greedy,linucb",
-        help="comma-separated bandit policies to replay ('' for none)",
+        default="vw_squarecb",
+        help="comma-separated bandit policies whose reward has the trade-off built in, replayed "
+        "once per trade-off ('' for none; also epsilon_greedy, linucb) (default: %(default)s)",
     )
-    bench.add_argument("--bandit-lambdas", type=int, default=7, help="trade-offs per bandit")
+    bench.add_argument(
+        "--bandit-lambdas",
+        type=int,
+        default=20,
+        help="trade-offs (curve points) per --bandits policy (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--warm-share",
+        type=float,
+        default=0.25,
+        help="share of the train split given with full information to the warm-started "
+        "learning-loop replay of the serving policy (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="retraining rounds of the learning-loop replay (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--no-quality-bandit",
+        action="store_true",
+        help="skip the learning-loop replays of the serving policy (squarecb_quality)",
+    )
     bench.add_argument(
         "--test-prompts",
         choices=("complete", "all"),
@@ -215,6 +243,11 @@ def add_commands(sub: Any) -> None:
     decision.add_argument("--dataset", default="bundled", help="dataset directory, or 'bundled'")
     decision.add_argument("--config", default=str(EXAMPLE_CONFIG), help="router YAML config")
     decision.add_argument("--repeats", type=int, default=3, help="passes over the test prompts")
+    decision.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        help="registered policy name of the bundle trained for the benchmark",
+    )
     decision.set_defaults(func=_bench_decision)
 
     overhead = sub.add_parser(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import ConfigError
+from router.cli.options import DEFAULT_POLICY
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -19,7 +20,11 @@ def _bundle(args: argparse.Namespace) -> int:
     from training.datasets import load_dataset
 
     bundle = train_bundle(
-        load_dataset(args.dataset), w_cost=args.w_cost, w_latency=args.w_latency, seed=args.seed
+        load_dataset(args.dataset),
+        w_cost=args.w_cost,
+        w_latency=args.w_latency,
+        seed=args.seed,
+        policy_name=args.policy,
     )
     path = bundle.save(args.out)
     print(
@@ -264,6 +269,11 @@ def add_commands(sub: Any) -> None:
     bundle.add_argument("--w-cost", type=float, default=0.2, help="reward weight of cost")
     bundle.add_argument("--w-latency", type=float, default=0.0, help="reward weight of latency")
     bundle.add_argument("--seed", type=int, default=0, help="seed of the policy")
+    bundle.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        help="registered policy name of the policy to train",
+    )
     bundle.set_defaults(func=_bundle)
 
     evaluate = sub.add_parser(

@@ -6,6 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+# router.policy.registry.DEFAULT_POLICY, named here so that parsing arguments imports no policy
+# library (tests/test_quality_policy.py checks that the two agree)
+DEFAULT_POLICY = "squarecb_quality"
 EXAMPLE_CONFIG = Path(__file__).parents[2] / "experiments" / "configs" / "router.example.yaml"
 
 

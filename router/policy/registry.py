@@ -13,11 +13,13 @@ from router.policy.baselines import (
 )
 from router.policy.direct import DirectPolicy
 from router.policy.mab import EpsilonGreedyPolicy, LinUCBPolicy
+from router.policy.quality import QualitySquareCBPolicy
 from router.policy.vw import VWSquareCBPolicy
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (
+        QualitySquareCBPolicy,
         VWSquareCBPolicy,
         DirectPolicy,
         KNNPolicy,
@@ -29,6 +31,11 @@ POLICIES: dict[str, type[Policy]] = {
         EpsilonGreedyPolicy,
     )
 }
+
+
+# What a bundle serves unless asked otherwise: it starts at the full-information router and
+# learns from bandit feedback (router/policy/quality.py; measured in experiments/results).
+DEFAULT_POLICY = QualitySquareCBPolicy.name
 
 
 def get_policy_class(name: str) -> type[Policy]:

@@ -1,0 +1,224 @@
+"""SquareCB over a quality model: the serving policy that starts where the full-information
+router is and learns from bandit feedback on top.
+
+The policy predicts each eligible model's *quality* ``q(x, m)`` and applies the profile's reward
+trade-off at decision time, ``r(x, m) = q(x, m) + b_m - w_cost * cost / cost_scale - w_latency *
+latency / latency_scale`` (cost and latency are the action's per-request predictions), then
+explores by SquareCB's inverse-gap weighting (Foster & Rakhlin 2020, arXiv 2002.04926)::
+
+    p(m) = 1 / (K + gamma * (r_best - r(m)))   for every m but the best, which gets the rest,
+    gamma = gamma_scale * t ** gamma_exponent  (t: outcomes behind the model: prior rows + learned)
+
+followed by an exploration floor ``p >= epsilon / K`` (mass taken from the largest). Every logged
+probability is exact and > 0, so off-policy evaluation stays valid.
+
+Two sources of learning, one policy:
+
+- **full information** (``fit``): a per-model quality predictor
+  (:class:`router.policy.direct.QualityPredictor`: standardised logistic regression per model,
+  regularisation chosen by cross-validated log-loss) on any labelled set: a benchmark dataset,
+  the bundled sample, a user's own evaluations. Its decisions are the direct router's.
+- **bandit feedback** (``learn_one``): a per-model residual ``b_m``, the shrunken mean of
+  ``observed reward - predicted reward`` over the decisions that chose ``m``:
+  ``b_m = sum(residuals) / (n_m + kappa)``. A model whose answers or prices drifted away from the
+  prior moves up or down with evidence; with no evidence it stays at the prior. (A full residual
+  regression on the request features was tried and lost to this: see experiments/results.)
+
+Why not VW's SquareCB directly: VW learns ``cost = -reward`` with the cost weight baked in, so
+one workspace serves one trade-off, a profile with another weight needs another policy, and
+warm start has to replay every labelled (prompt, model) pair through online SGD. Here the quality
+model is fitted once in closed form and any profile's weights apply at decision time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+from router.errors import PolicyError
+from router.policy.base import Action, Policy, RewardSpec
+from router.policy.direct import QualityPredictor
+
+
+def igw_pmf(rewards: np.ndarray, gamma: float, epsilon: float) -> np.ndarray:
+    """SquareCB's inverse-gap-weighted pmf over ``rewards`` (higher is better), then the floor
+    ``p >= epsilon / K`` by moving mass from the actions above it (as VW's
+    ``enforce_minimum_probability``)."""
+    k = len(rewards)
+    if k == 1:
+        return np.ones(1)
+    best = int(np.argmax(rewards))
+    p = 1.0 / (k + gamma * (rewards[best] - rewards))
+    p[best] = 0.0
+    p[best] = 1.0 - p.sum()
+    floor = epsilon / k
+    low = p < floor
+    if low.any():
+        need = float((floor - p[low]).sum())
+        high = ~low
+        excess = p[high] - floor
+        p[high] -= need * excess / excess.sum()
+        p[low] = floor
+    return p
+
+
+class QualitySquareCBPolicy(Policy):
+    """SquareCB exploration over a prior quality model plus learned per-model residuals.
+
+    Parameters
+    ----------
+    epsilon : float
+        Exploration floor: every eligible model gets at least ``epsilon / K``.
+    gamma_scale, gamma_exponent : float
+        SquareCB's ``gamma = gamma_scale * t ** gamma_exponent``; larger is greedier.
+    kappa : float
+        Shrinkage of a model's residual towards 0 (pseudo-count of prior evidence).
+    estimator, C : the prior quality predictor (see ``QualityPredictor``).
+    """
+
+    name = "squarecb_quality"
+    explores = True
+
+    def __init__(
+        self,
+        reward: RewardSpec | None = None,
+        seed: int = 0,
+        epsilon: float = 0.02,
+        gamma_scale: float = 100.0,
+        gamma_exponent: float = 0.5,
+        kappa: float = 20.0,
+        estimator: str = "logistic_cv",
+        C: float = 0.1,
+    ) -> None:
+        super().__init__(reward, seed)
+        if not 0.0 < epsilon < 1.0:
+            raise PolicyError(f"epsilon must be in (0, 1), got {epsilon}")
+        if not gamma_scale > 0:
+            raise PolicyError(f"gamma_scale must be > 0, got {gamma_scale}")
+        if not 0.0 <= gamma_exponent <= 1.0:
+            raise PolicyError(f"gamma_exponent must be in [0, 1], got {gamma_exponent}")
+        if not kappa > 0:
+            raise PolicyError(f"kappa must be > 0, got {kappa}")
+        self.epsilon = epsilon
+        self.gamma_scale = gamma_scale
+        self.gamma_exponent = gamma_exponent
+        self.kappa = kappa
+        self.estimator = estimator
+        self.C = C
+        self.predictor: QualityPredictor | None = None
+        self.n_prior_ = 0  # prompts behind the prior
+        self.residual_sum_: dict[str, float] = {}
+        self.residual_count_: dict[str, int] = {}
+        self._linear: tuple[np.ndarray, np.ndarray] | None = None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "epsilon": self.epsilon,
+            "gamma_scale": self.gamma_scale,
+            "gamma_exponent": self.gamma_exponent,
+            "kappa": self.kappa,
+            "estimator": self.estimator,
+            "C": self.C,
+        }
+
+    # ---- learning -----------------------------------------------------------------------
+    def fit(
+        self,
+        contexts: np.ndarray,
+        actions: Sequence[Action],
+        quality: np.ndarray,
+    ) -> QualitySquareCBPolicy:
+        """The prior from full information: ``quality[i, j]`` of action j on row i (NaN:
+        unknown). Residuals learned so far are kept (they correct whatever prior serves)."""
+        predictor = QualityPredictor(self.estimator, self.C, self.seed)
+        self.predictor = predictor.fit(contexts, [a.model for a in actions], quality)
+        self.n_prior_ = len(contexts)
+        self._linear = predictor.linear_form()
+        return self
+
+    def _learn_one(
+        self,
+        context: np.ndarray,
+        actions: Sequence[Action],
+        chosen: int,
+        probability: float,
+        reward: float,
+    ) -> None:
+        predicted = self._prior_rewards(context, actions)[chosen]
+        model = actions[chosen].model
+        self.residual_sum_[model] = self.residual_sum_.get(model, 0.0) + reward - predicted
+        self.residual_count_[model] = self.residual_count_.get(model, 0) + 1
+
+    # ---- deciding -----------------------------------------------------------------------
+    def quality_all(self, contexts: np.ndarray) -> np.ndarray:
+        """Prior predicted quality of every known model, shape (n, n_models), in
+        ``predictor.models_`` order."""
+        if self.predictor is None:
+            raise PolicyError(f"{self.name}: no quality model: fit() it on labelled data first")
+        if self._linear is not None:
+            w, b = self._linear
+            return 1.0 / (1.0 + np.exp(-(contexts @ w + b)))
+        return self.predictor.predict(contexts)
+
+    def residuals(self, models: Sequence[str]) -> np.ndarray:
+        """Each model's learned residual ``b_m`` (0 for a model never chosen)."""
+        return np.array(
+            [
+                self.residual_sum_.get(m, 0.0) / (self.residual_count_.get(m, 0) + self.kappa)
+                for m in models
+            ]
+        )
+
+    def _rewards(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
+        """The prior's predicted reward of each action plus its model's learned residual."""
+        return self._prior_rewards(context, actions) + self.residuals([a.model for a in actions])
+
+    def _prior_rewards(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
+        models = [a.model for a in actions]
+        if self.predictor is None:  # cold start: rewards are the residuals alone
+            q = np.full(len(actions), 0.5)
+        else:
+            q_all = self.quality_all(context[None, :])[0]
+            index = self.predictor.index_
+            fallback = float(self.predictor.prior_.mean())  # a model the prior never saw
+            q = np.array([q_all[index[m]] if m in index else fallback for m in models])
+        return self.reward.expected(q, actions)
+
+    def gamma(self) -> float:
+        t = self.n_prior_ + sum(self.residual_count_.values())
+        return self.gamma_scale * max(t, 1) ** self.gamma_exponent
+
+    def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
+        return igw_pmf(self._rewards(context, actions), self.gamma(), self.epsilon)
+
+    # ---- persistence --------------------------------------------------------------------
+    def _save_state(self, path: Path) -> None:
+        state = {
+            "n_prior": self.n_prior_,
+            "residual_sum": self.residual_sum_,
+            "residual_count": self.residual_count_,
+        }
+        (path / "residuals.json").write_text(json.dumps(state, indent=2))
+        if self.predictor is not None:
+            joblib.dump(self.predictor, path / "predictor.joblib")
+
+    def _load_state(self, path: Path) -> None:
+        state_file = path / "residuals.json"
+        if not state_file.is_file():
+            raise PolicyError(f"{path}: residuals.json is missing")
+        state = json.loads(state_file.read_text())
+        self.n_prior_ = int(state["n_prior"])
+        self.residual_sum_ = {str(k): float(v) for k, v in state["residual_sum"].items()}
+        self.residual_count_ = {str(k): int(v) for k, v in state["residual_count"].items()}
+        if not all(math.isfinite(v) for v in self.residual_sum_.values()):
+            raise PolicyError(f"{path}: residuals.json holds a non-finite residual")
+        model = path / "predictor.joblib"
+        self.predictor = joblib.load(model) if model.is_file() else None
+        self._linear = None if self.predictor is None else self.predictor.linear_form()

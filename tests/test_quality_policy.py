@@ -1,0 +1,168 @@
+"""The serving policy: SquareCB over a quality model (router/policy/quality.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features.errors import PolicyError
+from features.featurizer import FeaturizerConfig, RequestFeaturizer
+from router.policy.actions import ActionCatalogue
+from router.policy.base import Action, Policy, RewardSpec
+from router.policy.direct import QualityPredictor
+from router.policy.quality import QualitySquareCBPolicy, igw_pmf
+from training.datasets import RoutingDataset
+from training.evaluation import Reference
+from training.simulate import quality_policy_curve, replay_rounds, true_rewards
+
+
+def test_igw_pmf_is_squarecb_with_a_floor() -> None:
+    rewards = np.array([0.9, 0.5, 0.1, 0.89])
+    pmf = igw_pmf(rewards, gamma=10.0, epsilon=0.2)
+    assert pmf.sum() == pytest.approx(1.0)
+    assert np.all(pmf >= 0.2 / 4 - 1e-12)
+    assert np.argmax(pmf) == 0
+    assert pmf[3] > pmf[1] > pmf[2]  # smaller gap, more probability
+    # without the floor binding: SquareCB's 1 / (K + gamma * gap)
+    free = igw_pmf(np.array([1.0, 0.99]), gamma=10.0, epsilon=0.01)
+    assert free[1] == pytest.approx(1.0 / (2 + 10.0 * 0.01))
+    assert igw_pmf(np.array([0.3]), 5.0, 0.1).tolist() == [1.0]
+
+
+def test_invalid_parameters_are_refused() -> None:
+    with pytest.raises(PolicyError, match="epsilon"):
+        QualitySquareCBPolicy(epsilon=0.0)
+    with pytest.raises(PolicyError, match="gamma_scale"):
+        QualitySquareCBPolicy(gamma_scale=-1.0)
+    with pytest.raises(PolicyError, match="kappa"):
+        QualitySquareCBPolicy(kappa=0.0)
+
+
+def test_linear_form_reproduces_the_predictor(small: RoutingDataset, fitted) -> None:
+    _featurizer, catalogue, x = fitted
+    train = small.split("train")
+    predictor = QualityPredictor("logistic", C=0.3).fit(x, catalogue.names, train.quality)
+    form = predictor.linear_form()
+    assert form is not None
+    w, b = form
+    np.testing.assert_allclose(1.0 / (1.0 + np.exp(-(x @ w + b))), predictor.predict(x), atol=1e-12)
+    assert (
+        QualityPredictor("lgbm").fit(x[:50], catalogue.names, train.quality[:50]).linear_form()
+        is None
+    )
+
+
+def test_residuals_move_a_model_whose_reward_drifted(fitted) -> None:
+    """Bandit feedback corrects the prior: a model the prior rates best but that keeps
+    scoring 0 loses its place."""
+    _featurizer, catalogue, x = fitted
+    names = catalogue.names[:3]
+    quality = np.tile([0.9, 0.6, 0.5], (len(x), 1))
+    policy = QualitySquareCBPolicy(reward=RewardSpec(), estimator="logistic", kappa=5.0)
+    policy.fit(x, catalogue.actions(x[0], 0.0, names), quality)
+    actions = catalogue.actions(x[0], 0.0, names)
+    assert np.argmax(policy.predict_one(x[0], actions)) == 0
+    for i in range(60):
+        policy.learn_one(x[i], actions, 0, 0.5, 0.0)  # model 0 now always fails
+    assert np.argmax(policy.predict_one(x[0], actions)) == 1
+    assert policy.residuals(names)[0] < -0.5
+
+
+def _served_reward(
+    policy: QualitySquareCBPolicy, test: RoutingDataset, xt, catalogue, spec
+) -> float:
+    rewards = true_rewards(test, spec)
+    cost = catalogue.expected_cost(xt, test.input_tokens)
+    total = 0.0
+    for i in range(test.n_prompts):
+        eligible = np.flatnonzero(test.available[i])
+        actions = catalogue.actions_with_costs(
+            cost[i], np.zeros(len(catalogue.names)), [catalogue.names[j] for j in eligible]
+        )
+        total += float(policy.predict_one(xt[i], actions) @ rewards[i, eligible])
+    return total / test.n_prompts
+
+
+def test_warm_started_learning_loop_against_the_best_single_model(bundled: RoutingDataset) -> None:
+    """Seeded replay of the learning loop on the bundled sample: a quarter of the train split
+    labelled, the rest partial feedback in 3 retraining rounds. On the unseen test prompts the
+    final policy (exploration included) reaches the best single model's quality for at most 80%
+    of its cost, and at the trade-off it learned with it serves within 0.03 of the best fixed
+    model's reward (the cold VW policy of the previous loop ended 0.04 below it).
+
+    Measured: it does not beat the best fixed model's reward at w_cost = 0.2 on this sample:
+    there, always gemini-1.5-flash is nearly optimal (see experiments/results/SUMMARY.md)."""
+    train, test = bundled.split("train"), bundled.split("test")
+    featurizer = RequestFeaturizer(FeaturizerConfig(n_components=48)).fit(
+        train.prompts["prompt"].tolist()
+    )
+    x = featurizer.transform(train.prompts["prompt"].tolist())
+    xt = featurizer.transform(test.prompts["prompt"].tolist())
+    catalogue = ActionCatalogue(bundled.models).fit(x, train.output_tokens, train.available)
+    spec = RewardSpec(w_cost=0.2, cost_scale=Reference.of(train).c_hi)
+    labelled = np.random.default_rng(1).random(train.n_prompts) < 0.25
+    result = replay_rounds(
+        lambda: QualitySquareCBPolicy(reward=spec, estimator="logistic", C=0.1),
+        train,
+        x,
+        catalogue,
+        catalogue.expected_cost(x, train.input_tokens),
+        catalogue.expected_latency(x),
+        labelled=labelled,
+        rounds=3,
+    )
+    policy = result.policy
+    assert isinstance(policy, QualitySquareCBPolicy)
+    assert result.n_labelled == int(labelled.sum())
+    # every streamed prompt logged exactly one outcome, the labelled ones all of theirs
+    seen = np.isfinite(result.logged_quality)
+    assert (seen[~labelled].sum(axis=1) == 1).all()
+    ref = Reference.of(test)
+    curve = quality_policy_curve(
+        policy,
+        test,
+        xt,
+        catalogue.expected_cost(xt, test.input_tokens),
+        spec.cost_scale,
+        np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 40)]),
+    )
+    assert any(c <= 0.8 * ref.best_cost and q >= 0.99 * ref.best_quality for c, q in curve)
+    served = _served_reward(policy, test, xt, catalogue, spec)
+    rewards = np.where(test.available, true_rewards(test, spec), np.nan)
+    best_fixed = float(np.nanmax(np.nanmean(rewards, axis=0)))
+    assert served > best_fixed - 0.03, (served, best_fixed)
+
+
+def test_the_command_line_default_is_the_registry_default() -> None:
+    from router.cli.options import DEFAULT_POLICY
+    from router.policy.registry import DEFAULT_POLICY as REGISTRY_DEFAULT
+
+    assert DEFAULT_POLICY == REGISTRY_DEFAULT == QualitySquareCBPolicy.name
+
+
+def test_save_and_load_keep_prior_and_residuals(fitted, tmp_path) -> None:
+    _featurizer, catalogue, x = fitted
+    quality = np.random.default_rng(0).random((len(x), len(catalogue.names)))
+    policy = QualitySquareCBPolicy(
+        reward=RewardSpec(w_cost=0.1, cost_scale=1e-3), estimator="logistic"
+    )
+    policy.fit(x, catalogue.actions(x[0], 0.0), quality)
+    actions = catalogue.actions(x[1], 200.0)
+    policy.learn_one(x[1], actions, 2, 0.3, 0.7)
+    loaded = Policy.load(policy.save(tmp_path / "p"))
+    assert isinstance(loaded, QualitySquareCBPolicy)
+    assert loaded.residual_count_ == {actions[2].model: 1}
+    np.testing.assert_allclose(loaded.predict_one(x[1], actions), policy.predict_one(x[1], actions))
+    (tmp_path / "p" / "residuals.json").unlink()
+    with pytest.raises(PolicyError, match=r"residuals\.json is missing"):
+        Policy.load(tmp_path / "p")
+
+
+def test_cold_policy_decides_before_any_data(fitted) -> None:
+    _featurizer, catalogue, x = fitted
+    policy = QualitySquareCBPolicy(reward=RewardSpec(w_cost=1.0, cost_scale=1e-3))
+    actions: list[Action] = catalogue.actions(x[0], 1000.0)
+    pmf = policy.predict_one(x[0], actions)
+    assert np.all(pmf > 0)
+    cheapest = int(np.argmin([a.expected_cost for a in actions]))
+    assert np.argmax(pmf) == cheapest  # with nothing learned, cost decides
