@@ -13,8 +13,8 @@ from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
+    from training.loop_turn import RetrainConfig, retrain
     from training.promote import GateConfig
-    from training.retrain import RetrainConfig, retrain
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = RetrainConfig(
@@ -58,22 +58,22 @@ def _train(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     import mlflow
 
-    from training import registry
+    from training import model_registry
 
-    with registry.start_training_run(args.tracking_uri, "rollback"):
-        before, after = registry.rollback(args.model_name, args.tracking_uri, args.reason)
+    with model_registry.start_training_run(args.tracking_uri, "rollback"):
+        before, after = model_registry.rollback(args.model_name, args.tracking_uri, args.reason)
         mlflow.set_tags({"rollback.from": before, "rollback.to": after, "reason": args.reason})
     print(json.dumps({"champion_was": before, "champion_now": after, "reason": args.reason}))
     return 0
 
 
 def _policy_status(args: argparse.Namespace) -> int:
-    from training import registry
+    from training import model_registry
 
     status: dict[str, Any] = {"model": args.model_name}
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        status[alias] = registry.alias_version(alias, args.model_name, args.tracking_uri)
-    status["champion_history"] = registry.champion_history(args.model_name, args.tracking_uri)
+    for alias in (model_registry.CHAMPION, model_registry.CHALLENGER):
+        status[alias] = model_registry.alias_version(alias, args.model_name, args.tracking_uri)
+    status["champion_history"] = model_registry.champion_history(args.model_name, args.tracking_uri)
     print(json.dumps(status, indent=2))
     return 0
 
