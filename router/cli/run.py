@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(
             f"training a policy bundle on {_DEMO_WARM_START} of the train prompts of {dataset} "
-            f"(once, ~10 s; cached in {cache}) ...",
+            f"(once; cached in {cache}) ...",
             flush=True,
         )
         bundle = train_bundle(_demo_subset(data))
