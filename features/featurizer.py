@@ -4,10 +4,10 @@ Features of a request = ``[LSA embedding (TF-IDF -> truncated SVD), hand-made si
 
 ``fit``/``transform`` use scikit-learn (``TfidfVectorizer`` + ``TruncatedSVD``).
 ``transform_one`` computes exactly the same numbers for one request without going through
-scikit-learn: its per-call input validation and sparse-matrix construction cost ~0.5 ms, more
-than our whole decision-path budget (p99 <= 200 us for features). The fast path is a dictionary
-lookup per token and one small dense product; ``tests/test_features.py`` checks that both paths
-agree to 1e-9.
+scikit-learn: its per-call input validation and sparse-matrix construction cost more than the
+whole decision-path budget (timings: experiments/results/features_latency.md). The fast path is
+a dictionary lookup per token and one small dense product; ``tests/test_features.py`` checks
+that both paths agree to 1e-9.
 """
 
 from __future__ import annotations

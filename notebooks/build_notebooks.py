@@ -72,7 +72,7 @@ RETRAIN = [
     ),
     new_code_cell(
         '''from training.promote import GateConfig
-from training.retrain import RetrainConfig, retrain
+from training.loop_turn import RetrainConfig, retrain
 
 config = RetrainConfig(events=str(work / "events"), tracking_uri=tracking_uri,
                        base_bundle=str(work / "cold-bundle"), report_dir=str(work / "reports"),
@@ -88,16 +88,16 @@ pd.Series(outcome.stats)'''
     new_markdown_cell("## What MLflow holds"),
     new_code_cell(
         '''import mlflow
-from training import registry
+from training import model_registry
 
 client = mlflow.MlflowClient(tracking_uri=tracking_uri)
 run = client.get_run(outcome.run_id)
 {k: v for k, v in run.data.tags.items() if k.startswith("gate.")}'''
     ),
     new_code_cell(
-        '''{"champion": registry.alias_version("champion", tracking_uri=tracking_uri),
- "challenger": registry.alias_version("challenger", tracking_uri=tracking_uri),
- "history": registry.champion_history(tracking_uri=tracking_uri)}'''
+        '''{"champion": model_registry.alias_version("champion", tracking_uri=tracking_uri),
+ "challenger": model_registry.alias_version("challenger", tracking_uri=tracking_uri),
+ "history": model_registry.champion_history(tracking_uri=tracking_uri)}'''
     ),
     new_markdown_cell(
         "## A gate that must fail, and a rollback\n\n"
@@ -111,8 +111,8 @@ print(second.alias, "-", second.decision.reason)
 assert not second.decision.promote'''
     ),
     new_code_cell(
-        '''before, after = registry.rollback(tracking_uri=tracking_uri, reason="notebook demo")
-before, after, registry.alias_version("champion", tracking_uri=tracking_uri)'''
+        '''before, after = model_registry.rollback(tracking_uri=tracking_uri, reason="notebook demo")
+before, after, model_registry.alias_version("champion", tracking_uri=tracking_uri)'''
     ),
 ]
 
@@ -121,7 +121,7 @@ EVALUATION = [
         "# Off-policy evaluation of a candidate\n\n"
         "The estimators of `training.ope` (IPS, SNIPS, DM, DR, Switch-DR, DR-OS; reproduced "
         "against Open Bandit Pipeline and vw-estimators reference values in the tests) applied to "
-        "logged decisions through `training.evaluate`, and the HTML report of "
+        "logged decisions through `training.ope_logged`, and the HTML report of "
         "`polyroute evaluate`."
     ),
     new_code_cell(SETUP),
@@ -139,7 +139,7 @@ pd_stats'''
         "baselines, with bootstrap and Gaussian intervals."
     ),
     new_code_cell(
-        '''from training.evaluate import evaluate_policies
+        '''from training.ope_logged import evaluate_policies
 
 evaluation = evaluate_policies(result.holdout_rows.frame,
                                {"candidate": result.candidate, "champion": cold},

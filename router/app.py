@@ -86,10 +86,11 @@ def create_app(
         poll then does not download and load the same version again).
     freeze_gc : bool
         At startup, after the warm-up decision, move every object alive (imports, config,
-        policy, featurizer: ~200k objects) out of the garbage collector's reach
-        (``gc.freeze``): a full collection over them takes ~100 ms, a stall every request in
-        flight would wait for (it was the p99 of the overhead benchmark). Process-wide, so only
-        for a process that serves this one app (``app_from_env`` sets it).
+        policy, featurizer: a large number of objects) out of the garbage collector's reach
+        (``gc.freeze``): a full collection over them is a stall every request in flight would
+        wait for (it was the p99 of the overhead benchmark, experiments/results/overhead.md).
+        Process-wide, so only for a process that serves this one app (``app_from_env`` sets
+        it).
     """
     if isinstance(source, _FromConfig):
         source = registry_source(config)

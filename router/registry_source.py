@@ -3,7 +3,7 @@
 :class:`MlflowBundleSource` is the :class:`router.reload.BundleSource` of a registry alias
 (``models:/<model_name>@<alias>``): the gateway polls the version the alias points at and loads
 its bundle when it moves. Writing to the registry (logging bundles, moving aliases, rolling
-back) is training's job: ``training.registry`` builds on the read-only functions here.
+back) is training's job: ``training.model_registry`` builds on the read-only functions here.
 
 ``tracking_uri`` resolution: explicit argument, else ``MLFLOW_TRACKING_URI`` (read when called,
 never at import), else ``sqlite:///<home>/mlflow.db``, where home is ``POLYROUTE_HOME`` or

@@ -12,7 +12,8 @@ serving, ``polyroute_policy_reload_failures_total{arm, stage}`` counts it and on
 the version and the error. A failed version is tried again at the next poll (a registry that
 was briefly unreachable heals by itself; a broken bundle keeps counting until the alias moves).
 
-The MLflow source is ``training.registry.MlflowBundleSource(tracking_uri, model_name, alias)``;
+The MLflow source is
+``training.model_registry.MlflowBundleSource(tracking_uri, model_name, alias)``;
 any object with the two methods of :class:`BundleSource` will do (tests use a dictionary).
 """
 
@@ -27,8 +28,8 @@ from typing import Protocol
 from features.errors import ConfigError
 from router.bundle import PolicyBundle
 from router.eligibility import RequestHints
-from router.metrics import GatewayMetrics
 from router.pipeline import DecisionEngine
+from router.prometheus import GatewayMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ class UpstreamClient:
 
     The request path goes straight to the pooled httpx transport: ``httpx.AsyncClient.send``
     adds auth, redirect, cookie and event-hook layers that a gateway does not use (and a shared
-    cookie jar across tenants would be wrong), at ~0.1 ms of CPU per request. When the
+    cookie jar across tenants would be wrong), at a cost in CPU per request. When the
     environment names a proxy (``HTTP(S)_PROXY``, ``ALL_PROXY``) the full ``AsyncClient`` is
     used instead, so that proxy routing keeps working as httpx does it.
     """

@@ -19,8 +19,8 @@ from features.errors import ConfigError
 from router.app import create_app
 from router.canary import CanaryController, RunningMean, cs_radius
 from router.config import CanaryConfig, RouterConfig, load_config
-from router.metrics import GatewayMetrics
 from router.policy.base import RewardSpec
+from router.prometheus import GatewayMetrics
 from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 

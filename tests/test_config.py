@@ -48,6 +48,18 @@ def test_example_config_is_valid() -> None:
     assert config.tenants[0].data_classes == {"phi"}
 
 
+def test_providers_example_is_valid_and_names_bundled_models() -> None:
+    """The README's real-provider example: keys by environment variable, models the bundled
+    sample's (so the bundle `make run` trains can route them)."""
+    from training.datasets import load_dataset
+
+    config = load_config(EXAMPLE.with_name("router.providers.example.yaml"))
+    assert {m.name for m in config.models} <= set(load_dataset("bundled").model_names)
+    keys = {m.provider.api_key_env for m in config.models}
+    assert {"GEMINI_API_KEY", "VLLM_API_KEY", None} == keys
+    assert all(m.provider.base_url.startswith(("http://", "https://")) for m in config.models)
+
+
 def test_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, minimal()))
     assert isinstance(config, RouterConfig)

@@ -1,4 +1,4 @@
-"""Off-policy evaluation on a simulated gateway log (training/evaluate.py, reward_model.py).
+"""Off-policy evaluation on a simulated gateway log (training/ope_logged.py, reward_model.py).
 
 The log is made the way the gateway makes it: for each request of the bundled sample a logging
 policy (a direct router with a wide epsilon floor) gives a pmf over the eligible models, one is
@@ -29,13 +29,13 @@ from router.policy.actions import ActionCatalogue
 from router.policy.base import RewardSpec, greedy_pmf
 from router.policy.direct import DirectPolicy
 from training.datasets import RoutingDataset
-from training.evaluate import (
+from training.evaluation import Reference
+from training.ope_logged import (
     PolicyEvaluation,
     evaluate_policies,
     rebuild_actions,
     traffic_share,
 )
-from training.evaluation import Reference
 from training.reward_model import RewardModel
 
 # six models from cheap and weak to expensive and strong, as a small gateway config would list

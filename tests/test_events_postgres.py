@@ -1,4 +1,4 @@
-"""The PostgreSQL event sink against the real server (DESIGN.md §4); skipped without one."""
+"""The PostgreSQL event sink against the real server ; skipped without one."""
 
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ from router.bundle import PolicyBundle
 from router.events import FileEventSink, read_events
 from router.events.join import join_events
 from router.policy.base import Policy, RewardSpec
-from training import registry
+from training import model_registry
 from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
+from training.loop_turn import RetrainConfig, retrain
 from training.promote import GateConfig
-from training.retrain import RetrainConfig, retrain
 from training.simulate import expected_point
 from training.traffic import simulate_events
 from training.train import load_events, parse_since, select_learnable, train_from_logs
@@ -204,7 +204,7 @@ def _loop(uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path) -> None:
     assert first.champion_version == "1" and first.version == "2"
     assert first.decision.promote, first.decision.reason
     assert first.decision.low > 0.0
-    assert registry.alias_version("champion", tracking_uri=uri) == "2"
+    assert model_registry.alias_version("champion", tracking_uri=uri) == "2"
     assert first.report.is_file() and "<html" in first.report.read_text()[:200].lower()
 
     import mlflow
@@ -218,9 +218,9 @@ def _loop(uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path) -> None:
     assert "estimates.csv" in artifacts
     report_files = [a.path for a in client.list_artifacts(first.run_id, "evaluation")]
     assert any(p.endswith(".html") for p in report_files)
-    loaded = registry.load_bundle("2", tracking_uri=uri)
+    loaded = model_registry.load_bundle("2", tracking_uri=uri)
     assert loaded.version != cold.version  # the candidate, not the champion it started from
-    assert client.get_model_version(registry.MODEL_NAME, "2").tags["bundle_version"] == (
+    assert client.get_model_version(model_registry.MODEL_NAME, "2").tags["bundle_version"] == (
         loaded.version
     )
     learned_until = loaded.provenance["trained_through"]
@@ -234,17 +234,17 @@ def _loop(uri: str, logs: Path, cold: PolicyBundle, tmp_path: Path) -> None:
     assert float(client.get_run(second.run_id).data.params["since"]) > learned_until
     assert not second.decision.promote
     assert "effective sample size" in second.decision.reason
-    assert registry.alias_version("champion", tracking_uri=uri) == "2"
-    assert registry.alias_version("challenger", tracking_uri=uri) == second.version
-    version = client.get_model_version(registry.MODEL_NAME, second.version)
+    assert model_registry.alias_version("champion", tracking_uri=uri) == "2"
+    assert model_registry.alias_version("challenger", tracking_uri=uri) == second.version
+    version = client.get_model_version(model_registry.MODEL_NAME, second.version)
     assert "effective sample size" in version.tags["challenger.reason"]
 
     # rollback: @champion goes back to the cold start, then there is nothing further back
-    assert registry.rollback(tracking_uri=uri) == ("2", "1")
-    assert registry.alias_version("champion", tracking_uri=uri) == "1"
-    assert registry.champion_history(tracking_uri=uri) == ["1"]
+    assert model_registry.rollback(tracking_uri=uri) == ("2", "1")
+    assert model_registry.alias_version("champion", tracking_uri=uri) == "1"
+    assert model_registry.champion_history(tracking_uri=uri) == ["1"]
     with pytest.raises(PolicyError, match="no earlier champion"):
-        registry.rollback(tracking_uri=uri)
+        model_registry.rollback(tracking_uri=uri)
 
 
 @pytest.mark.slow
@@ -269,17 +269,17 @@ def test_retrain_without_champion_or_base_says_what_to_do(sqlite_uri: str, logs:
 def test_pyfunc_model_routes_prompts(sqlite_uri: str, cold: PolicyBundle) -> None:
     import mlflow
 
-    with registry.start_training_run(sqlite_uri, "pyfunc"):
-        version = registry.log_bundle(cold)
-    model = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}")
+    with model_registry.start_training_run(sqlite_uri, "pyfunc"):
+        version = model_registry.log_bundle(cold)
+    model = mlflow.pyfunc.load_model(f"models:/{model_registry.MODEL_NAME}/{version}")
     out = model.predict(pd.DataFrame({"prompt": ["What is 2 + 2?", "Name a prime > 10."]}))
     assert list(out.columns) == ["model", "probability", "pmf"]
     assert set(out["model"]) <= set(cold.catalogue.names)
     pmf = json.loads(out["pmf"].iloc[0])
     assert abs(sum(pmf.values()) - 1.0) < 1e-6
-    source = registry.MlflowBundleSource(sqlite_uri)
+    source = model_registry.MlflowBundleSource(sqlite_uri)
     assert source.current_version() is None  # no alias yet
-    registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
+    model_registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
     assert source.current_version() == version
     assert source.load(version).version == cold.version
 
@@ -351,16 +351,16 @@ def test_pending_feedback_is_left_out_not_imputed(logs: Path, cold: PolicyBundle
 
 
 def test_rollback_walks_back_from_the_last_entry(sqlite_uri: str, cold: PolicyBundle) -> None:
-    with registry.start_training_run(sqlite_uri, "history"):
-        one = registry.log_bundle(cold)
-        two = registry.log_bundle(cold)
+    with model_registry.start_training_run(sqlite_uri, "history"):
+        one = model_registry.log_bundle(cold)
+        two = model_registry.log_bundle(cold)
     for version in (one, two, one):  # an operator moved @champion back by hand
-        registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
-    assert registry.champion_history(tracking_uri=sqlite_uri) == [one, two, one]
-    registry.set_alias("challenger", one, "test", tracking_uri=sqlite_uri)
-    assert registry.rollback(tracking_uri=sqlite_uri) == (one, two)
+        model_registry.set_alias("champion", version, "test", tracking_uri=sqlite_uri)
+    assert model_registry.champion_history(tracking_uri=sqlite_uri) == [one, two, one]
+    model_registry.set_alias("challenger", one, "test", tracking_uri=sqlite_uri)
+    assert model_registry.rollback(tracking_uri=sqlite_uri) == (one, two)
     # the rolled-back version is not left canaried
-    assert registry.alias_version("challenger", tracking_uri=sqlite_uri) is None
+    assert model_registry.alias_version("challenger", tracking_uri=sqlite_uri) is None
 
 
 @pytest.mark.slow

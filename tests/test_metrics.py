@@ -1,4 +1,4 @@
-"""Tests for training.metrics against the definitions of DESIGN.md §5: AIQ (hull, cut, H = 0 left
+"""Tests for training.metrics against the definitions of docs/metrics.md: AIQ (hull, cut, H = 0 left
 of the cheapest point, best quality right of the last point), cost@x%, and RouteLLM's
 PGR / APGR / CPT."""
 

@@ -280,7 +280,7 @@ def test_vw_text_parsing_is_reproduced_exactly() -> None:
     """Our float32 reading of f"{v:.6g}" is VW's own, on values of every scale."""
     from vowpalwabbit import Workspace
 
-    from router.policy.vw import _vw_text_value, _vw_text_values
+    from router.policy.vw_scorer import vw_text_value, vw_text_values
 
     vw = Workspace("--cb_adf --quiet")
     index = vw.hash_feature("0", vw.hash_space("c")) & (vw.num_weights() - 1)
@@ -294,14 +294,14 @@ def test_vw_text_parsing_is_reproduced_exactly() -> None:
         [vw.predict(["shared |c 0:" + f"{v:.6g}", "|a m=x"])[0] if v else 0.0 for v in values],
         dtype=np.float32,
     )
-    np.testing.assert_array_equal(_vw_text_values(values), read)
-    np.testing.assert_array_equal([_vw_text_value(float(v)) if v else 0.0 for v in values], read)
-    assert _vw_text_values(np.array([1.0, np.nan])) is None
-    assert _vw_text_values(np.array([1.0, 2e13])) is None
+    np.testing.assert_array_equal(vw_text_values(values), read)
+    np.testing.assert_array_equal([vw_text_value(float(v)) if v else 0.0 for v in values], read)
+    assert vw_text_values(np.array([1.0, np.nan])) is None
+    assert vw_text_values(np.array([1.0, 2e13])) is None
 
 
 def test_squarecb_pmf_floor_and_ties() -> None:
-    from router.policy.vw import squarecb_pmf
+    from router.policy.vw_scorer import squarecb_pmf
 
     f32 = np.float32
     one = squarecb_pmf(np.array([0.3], dtype=np.float32), f32(100.0), f32(0.02))
@@ -326,3 +326,37 @@ def test_catalogue_actions_share_read_only_rows(fitted) -> None:
     assert (a.model, a.expected_cost, a.expected_latency_ms) == (model, float(j), float(2 * j))
     np.testing.assert_array_equal(a.features, plain.features)
     assert catalogue.actions(x[0], 10.0)[j].features is a.features
+
+
+def test_vw_text_vectorised_formatter_writes_the_online_text() -> None:
+    """The one VW text format: the vectorised formatter (retraining at scale) writes, character
+    for character, the lines the policy learns from (numbers of every scale, zeros, exponent
+    spellings, rounding ties, model names with unsafe characters)."""
+    import pyarrow as pa
+
+    from router.policy.vw_text import example_lines, examples_text
+
+    rng = np.random.default_rng(0)
+    n, width, k = 200, 12, 4
+    context = rng.normal(size=(n, width)) * 10.0 ** rng.integers(-8, 7, size=(n, width))
+    context[rng.random((n, width)) < 0.3] = 0.0
+    context[0, :4] = [999999.5, 1.25e-4, 0.000125, 4207.195]  # notation and tie edge cases
+    per_action = rng.normal(size=(n * k, 6)) * 10.0 ** rng.integers(-6, 5, size=(n * k, 6))
+    names = [[f"model {j}|v:{i % 3}" for j in range(k)] for i in range(n)]
+    offsets = np.arange(0, n * k + 1, k)
+    chosen = rng.integers(0, k, n)
+    reward = rng.normal(size=n) * 10.0 ** rng.integers(-7, 2, size=n)
+    probability = rng.uniform(1e-5, 1.0, n)
+    texts = examples_text(
+        context,
+        pa.array(names, pa.list_(pa.string())),
+        per_action,
+        offsets,
+        offsets[:-1] + chosen,
+        -reward,
+        probability,
+    )
+    for i in range(n):
+        actions = [Action(names[i][j], per_action[i * k + j]) for j in range(k)]
+        lines = example_lines(context[i], actions, int(chosen[i]), probability[i], reward[i])
+        assert texts[i] == "\n".join(lines)

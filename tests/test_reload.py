@@ -218,7 +218,7 @@ def test_reload_requires_a_source_and_the_admin_key(config, bundles, sink) -> No
 
 
 def test_reloader_validates_poll_interval(bundles) -> None:
-    from router.metrics import GatewayMetrics
+    from router.prometheus import GatewayMetrics
 
     with pytest.raises(ValueError, match="poll_s must be > 0"):
         PolicyReloader(DictSource(bundles, "1"), None, None, None, GatewayMetrics(), 0)  # type: ignore[arg-type]
@@ -252,15 +252,15 @@ def test_serve_without_a_bundle_starts_from_the_registry_alias(
 
 
 def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundles) -> None:
-    """With the real registry source (training.registry, embedded SQLite store): moving
+    """With the real registry source (training.model_registry, embedded SQLite store): moving
     ``@champion`` swaps the serving policy at the next poll, and a rollback swaps it back."""
-    registry = pytest.importorskip("training.registry")
+    model_registry = pytest.importorskip("training.model_registry")
     monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with registry.start_training_run(uri, "reload-test"):
-        first = registry.log_bundle(bundles["1"])
-        second = registry.log_bundle(bundles["2"])
-    registry.set_alias("champion", first, "test", tracking_uri=uri)
+    with model_registry.start_training_run(uri, "reload-test"):
+        first = model_registry.log_bundle(bundles["1"])
+        second = model_registry.log_bundle(bundles["2"])
+    model_registry.set_alias("champion", first, "test", tracking_uri=uri)
     policy = {"registry": {"tracking_uri": uri}, "poll_s": 3600}
     cfg = RouterConfig.model_validate({**config.model_dump(), "policy": policy})
     sink = ListSink()
@@ -268,13 +268,13 @@ def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundle
     with TestClient(app) as c:
         report = c.post("/admin/reload").json()["champion"]
         assert report["serving_source_version"] == first and report["changed"] is False
-        registry.set_alias("champion", second, "test", tracking_uri=uri)
+        model_registry.set_alias("champion", second, "test", tracking_uri=uri)
         report = c.post("/admin/reload").json()["champion"]
         assert report["changed"] is True and report["serving_source_version"] == second
         ask(c)
         assert sink.of("decision")[-1]["policy_version"] == bundles["2"].version
         # polyroute rollback: @champion goes back, the running service follows, no restart
-        assert registry.rollback(tracking_uri=uri) == (second, first)
+        assert model_registry.rollback(tracking_uri=uri) == (second, first)
         report = c.post("/admin/reload").json()["champion"]
         assert report["changed"] is True and report["serving_source_version"] == first
         ask(c)
@@ -282,7 +282,7 @@ def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundle
 
 
 def test_a_vanished_source_version_retires_the_arm(bundles) -> None:
-    from router.metrics import GatewayMetrics
+    from router.prometheus import GatewayMetrics
 
     source = DictSource(bundles, "1")
     installed: list[str] = []

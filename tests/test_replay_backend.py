@@ -110,13 +110,15 @@ def test_prompt_text_matched_after_stripping_and_with_a_system_message(
     assert (r.headers["x-replay-prompt-id"], float(r.headers["x-replay-score"])) == ("p2", 0.5)
 
 
-def test_null_recorded_answer_gives_placeholder_but_keeps_the_recorded_score(
+def test_null_recorded_answer_gives_a_labelled_note_and_keeps_the_recorded_score(
     tiny: RoutingDataset,
 ) -> None:
     r = _client(tiny).post("/v1/chat/completions", json=_chat("alpha", "Name a prime."))
     assert r.json()["choices"][0]["message"]["content"] == (
-        "[replay: no recorded answer for model alpha on prompt p2]"
+        "[replay: this dataset records no answer text. Recorded outcome: alpha answered prompt "
+        "p2 (task math) in 3 tokens, graded correct (score 1).]"
     )
+    assert r.json()["usage"]["completion_tokens"] == 3  # the recorded count, not the note's
     assert float(r.headers["x-replay-score"]) == 1.0
 
 
@@ -159,7 +161,7 @@ def test_unknown_prompt_gives_generic_answer_estimated_usage_and_no_score(
     assert float(r1.headers["x-replay-latency-ms"]) == pytest.approx(expected_ms)
 
 
-def test_bundled_dataset_placeholders_and_recorded_numbers(bundled: RoutingDataset) -> None:
+def test_bundled_dataset_notes_and_recorded_numbers(bundled: RoutingDataset) -> None:
     client = _client(bundled)
     row, col = 7, 3
     model = bundled.model_names[col]
@@ -167,9 +169,10 @@ def test_bundled_dataset_placeholders_and_recorded_numbers(bundled: RoutingDatas
     pid = str(bundled.prompts["prompt_id"].iat[row])
     r = client.post("/v1/chat/completions", json=_chat(model, prompt))
     assert r.status_code == 200
-    assert r.json()["choices"][0]["message"]["content"] == (
-        f"[replay: no recorded answer for model {model} on prompt {pid}]"
-    )
+    graded = "correct" if bundled.quality[row, col] == 1.0 else "wrong"
+    note = r.json()["choices"][0]["message"]["content"]
+    assert note.startswith("[replay: this dataset records no answer text. Recorded outcome: ")
+    assert f"{model} answered prompt {pid} " in note and f"graded {graded}" in note
     assert r.json()["usage"]["prompt_tokens"] == int(bundled.input_tokens[row, col])
     assert r.json()["usage"]["completion_tokens"] == int(bundled.output_tokens[row, col])
     assert float(r.headers["x-replay-score"]) == bundled.quality[row, col]

@@ -14,7 +14,7 @@ from features.featurizer import RequestFeaturizer
 from router.events.join import join_events
 from router.policy.actions import ActionCatalogue
 from training.datasets import RoutingDataset
-from training.evaluate import PolicyEvaluation, evaluate_policies
+from training.ope_logged import PolicyEvaluation, evaluate_policies
 from training.report import log_report_to_mlflow, write_report
 
 EVIL = "<script>alert('x')</script>"

@@ -27,7 +27,8 @@ from router.events.models import (
     event_to_record,
 )
 from router.policy.base import Action, RewardSpec
-from router.policy.vw import VWSquareCBPolicy, _context_line, _static_action_line
+from router.policy.vw import VWSquareCBPolicy
+from router.policy.vw_text import example_lines
 from training.datasets import RoutingDataset
 from training.scale import (
     ScaleConfig,
@@ -241,7 +242,7 @@ def test_join_rules_on_edge_cases(tmp_path: Path, client: object) -> None:
     learnable = expected[expected["learnable"] & expected["has_outcome"]]
     assert len(examples) == len(learnable) == 3
     for text, row in zip(examples, learnable.itertuples(), strict=True):
-        assert _same_values(text, _learn_one_text(row))
+        assert text == _learn_one_text(row)  # the same text, character for character
 
 
 def test_reward_is_recomputed_with_given_weights(
@@ -267,30 +268,15 @@ def test_reward_model_beats_the_mean_on_held_out_rows(result: ScaleResult) -> No
 
 
 def _learn_one_text(row: object) -> str:
-    """What VWSquareCBPolicy._learn_one feeds VW for a joined row."""
-    lines = [_context_line(np.asarray(row.context_features))]  # type: ignore[attr-defined]
-    for i, (model, features) in enumerate(
-        zip(row.eligible_models, row.action_features, strict=True)  # type: ignore[attr-defined]
-    ):
-        line = _static_action_line(model, tuple(features))
-        if i == row.chosen_index:  # type: ignore[attr-defined]
-            line = f"0:{-row.reward:.6g}:{row.chosen_probability:.6g} {line}"  # type: ignore[attr-defined]
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _same_values(ours: str, theirs: str) -> bool:
-    """Same tokens, numbers compared as values (1e-05 == 0.00001)."""
-    a, b = ours.split(), theirs.split()
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b, strict=True):
-        if x == y:
-            continue
-        xs, ys = x.split(":"), y.split(":")
-        if xs[:-1] != ys[:-1] or float(xs[-1]) != float(ys[-1]):
-            return False
-    return True
+    """What VWSquareCBPolicy.learn_one feeds VW for a joined row: the online formatter's text
+    (router.policy.vw_text.example_lines), which the vectorised one must reproduce."""
+    actions = [
+        Action(model, np.asarray(features, dtype=float))
+        for model, features in zip(row.eligible_models, row.action_features, strict=True)  # type: ignore[attr-defined]
+    ]
+    context = np.asarray(row.context_features)  # type: ignore[attr-defined]
+    chosen, probability = row.chosen_index, row.chosen_probability  # type: ignore[attr-defined]
+    return "\n".join(example_lines(context, actions, chosen, probability, row.reward))  # type: ignore[attr-defined]
 
 
 def test_vw_examples_are_learn_ones(result: ScaleResult, reference: pd.DataFrame) -> None:
@@ -298,7 +284,7 @@ def test_vw_examples_are_learn_ones(result: ScaleResult, reference: pd.DataFrame
     examples = list(iter_vw_examples(result.joined_path.parent / "vw"))
     assert len(examples) == len(learnable) == result.counts["n_vw_learned"]
     for text, row in zip(examples, learnable.itertuples(), strict=True):
-        assert _same_values(text, _learn_one_text(row))
+        assert text == _learn_one_text(row)  # the same text, character for character
 
 
 def test_streamed_vw_equals_learn_one(result: ScaleResult, reference: pd.DataFrame) -> None:

@@ -1,8 +1,8 @@
 """Routing datasets: per-prompt x per-model outcomes, loaded into dense matrices.
 
 A routing dataset is a directory with ``prompts.parquet``, ``outcomes.parquet`` and
-``models.csv`` (format: ``shared/data/README.md``). :func:`load_dataset` validates it, derives
-cost and latency from ``models.csv`` where they were not measured, and returns a
+``models.csv`` (format: README.md, "The offline benchmark"). :func:`load_dataset` validates it,
+derives cost and latency from ``models.csv`` where they were not measured, and returns a
 :class:`RoutingDataset` whose matrices have shape ``(n_prompts, n_models)``.
 
 Holes are explicit: an absent or null ``score`` is ``NaN`` in :attr:`RoutingDataset.quality`

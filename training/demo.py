@@ -250,14 +250,14 @@ def run_demo(
     ``policy_params``: the cold-start VW policy's parameters (default :data:`DEMO_POLICY`).
     """
     policy_params = policy_params or dict(DEMO_POLICY)
-    from training import registry
+    from training import model_registry
 
-    registry.quiet_mlflow()
+    model_registry.quiet_mlflow()
     work_dir, out_dir = work_dir.resolve(), out_dir.resolve()
     _fresh_work_dir(work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
-    use_experiment(registry.TRAINING_EXPERIMENT, tracking_uri)
+    use_experiment(model_registry.TRAINING_EXPERIMENT, tracking_uri)
     data = load_dataset("bundled")
     started = time.perf_counter()
     # the cold-start demo learns everything from the loop's logs, which VW's online learner does
@@ -271,7 +271,7 @@ def run_demo(
     config.models = models
 
     # the cold start is the first champion, before anything serves
-    registry.register_champion(
+    model_registry.register_champion(
         cold, "demo: cold start", tracking_uri=tracking_uri, tags={"origin": "cold start"}
     )
     value = HeldOutValue.sample(cold, data, config)  # one yardstick for every number below

@@ -23,10 +23,10 @@ import numpy as np
 from router.bundle import PolicyBundle
 from router.errors import ConfigError
 from router.policy.base import Policy
-from training import registry
+from training import model_registry
 from training.datasets import RoutingDataset
+from training.loop_turn import RetrainConfig, retrain
 from training.promote import GateConfig
-from training.retrain import RetrainConfig, retrain
 from training.simulate import expected_point
 
 logger = logging.getLogger(__name__)
@@ -183,8 +183,10 @@ def run_loop(
 
 
 def _champion(base: PolicyBundle, tracking_uri: str) -> PolicyBundle:
-    version = registry.alias_version(registry.CHAMPION, tracking_uri=tracking_uri)
-    return base if version is None else registry.load_bundle(version, tracking_uri=tracking_uri)
+    version = model_registry.alias_version(model_registry.CHAMPION, tracking_uri=tracking_uri)
+    return (
+        base if version is None else model_registry.load_bundle(version, tracking_uri=tracking_uri)
+    )
 
 
 class SimulatedTraffic:

@@ -1,4 +1,4 @@
-"""Routing metrics, implemented exactly as defined in DESIGN.md §5.
+"""Routing metrics, implemented exactly as defined in docs/metrics.md.
 
 - AIQ: RouterBench (Hu et al. 2024, arXiv 2403.12031), made independent of the compared routers:
   the mean of the router's non-decreasing upper concave hull H over ``[c_lo, c_hi]``.

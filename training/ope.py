@@ -2,7 +2,7 @@
 
 The estimators follow Open Bandit Pipeline 0.5.7 (``obp/ope/estimators.py``) formula for
 formula; ``tests/test_ope.py`` checks them against values computed by that library and by
-vw-estimators 0.2.2 (``../shared/fixtures/OPE_REFERENCE.md``). Notation, for logged rounds
+vw-estimators 0.2.2 (``tests/fixtures/OPE_REFERENCE.md``). Notation, for logged rounds
 ``i = 1..n``: ``a_i`` the logged action, ``r_i`` its reward, ``p_i = π_b(a_i | x_i)`` its logging
 probability (``pscore``), ``π_e(· | x_i)`` the evaluated policy (``action_dist``),
 ``w_i = π_e(a_i | x_i) / p_i`` the importance weight, ``q̂(x, a)`` a reward model

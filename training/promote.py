@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from features.errors import ConfigError
-from training import registry
+from training import model_registry
 
-# estimators the evaluation computes by default (training.evaluate.DEFAULT_ESTIMATORS)
+# estimators the evaluation computes by default (training.ope_logged.DEFAULT_ESTIMATORS)
 GATE_ESTIMATORS = ("dr", "snipw", "ipw", "switch_dr", "dm")
 
 
@@ -81,7 +81,7 @@ def gate(
     champion: str = "champion",
     config: GateConfig | None = None,
 ) -> GateDecision:
-    """Apply the gate to a :class:`training.evaluate.PolicyEvaluation`."""
+    """Apply the gate to a :class:`training.ope_logged.PolicyEvaluation`."""
     config = config or GateConfig()
     nan = float("nan")
     if candidate not in evaluation.diagnostics or champion not in evaluation.diagnostics:
@@ -128,17 +128,17 @@ def gate(
 def apply_decision(
     decision: GateDecision,
     version: str,
-    model_name: str = registry.MODEL_NAME,
+    model_name: str = model_registry.MODEL_NAME,
     tracking_uri: str | None = None,
 ) -> str:
     """Move the alias the decision calls for and record it in MLflow; returns the alias set."""
     import mlflow
 
-    alias = registry.CHAMPION if decision.promote else registry.CHALLENGER
-    registry.set_alias(alias, version, decision.reason, model_name, tracking_uri)
+    alias = model_registry.CHAMPION if decision.promote else model_registry.CHALLENGER
+    model_registry.set_alias(alias, version, decision.reason, model_name, tracking_uri)
     if decision.promote:
         # an older rejected candidate must not stay canaried against the new champion
-        registry.delete_alias(registry.CHALLENGER, model_name, tracking_uri)
+        model_registry.delete_alias(model_registry.CHALLENGER, model_name, tracking_uri)
     if mlflow.active_run() is not None:
         mlflow.log_metrics(decision.as_metrics())
         mlflow.set_tags(

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
-from training.evaluate import TARGETS, PolicyEvaluation
+from training.ope_logged import TARGETS, PolicyEvaluation
 
 _TEMPLATE = "evaluation_report.html.j2"
 _TARGET_TITLES = {

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub)
     bench.add_commands(sub)
     offline.add_commands(sub)
-    from training.cli import add_commands  # train, rollback, policy, demo (the learning loop)
+    from training.loop_commands import (
+        add_commands,  # train, rollback, policy, demo (the learning loop)
+    )
 
     add_commands(sub)
     finish(parser)

@@ -50,24 +50,24 @@ def _load_policy_bundle(ref: str, tracking_uri: str | None = None) -> Any:
 
     if not ref.startswith("models:/"):
         return PolicyBundle.load(ref)
-    from training import registry
+    from training import model_registry
 
     name, _, rest = ref.removeprefix("models:/").partition("/")
     if "@" in name:
         name, alias = name.split("@", 1)
-        version = registry.alias_version(alias, name, tracking_uri)
+        version = model_registry.alias_version(alias, name, tracking_uri)
         if version is None:
             raise ConfigError(f"{ref}: no such registered model or alias")
     elif rest:
         version = rest
     else:
         raise ConfigError(f"{ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    return registry.load_bundle(version, name, tracking_uri)
+    return model_registry.load_bundle(version, name, tracking_uri)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from router.events.join import join_events
-    from training.evaluate import evaluate_policies
+    from training.ope_logged import evaluate_policies
     from training.report import write_report
     from training.train import load_events
 

@@ -1,5 +1,6 @@
 """Decision / outcome / feedback events, their sinks (files by default, PostgreSQL shared), the
-join into one row per decision, and the VW DSJSON export (DESIGN.md §3, §4)."""
+join into one row per decision, and the VW DSJSON export (the event path of
+docs/architecture.md)."""
 
 from features.errors import EventLogError, EventLogFullError
 from router.events.dsjson import DSJSONExportStats, export_dsjson, to_dsjson

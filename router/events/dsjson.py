@@ -16,7 +16,7 @@ One line per learnable decision, in the layout of VW's own test data
   ``_label_Action:_label_cost:_label_probability``; VW learns costs, hence ``-reward``.
 - ``a`` is the decision service's ranking: 1-based action ids, the chosen one first; ``p`` is
   aligned with ``a`` (``p[0]`` is the chosen probability), as in ``decisionservice.json``.
-- Namespaces mirror :class:`router.policy.vw.VWSquareCBPolicy`'s text lines: the shared
+- Namespaces mirror the text lines of :mod:`router.policy.vw_text`: the shared
   request features in ``c`` (feature names are indices), each model in ``a`` with its identity
   ``m=<model>`` and its numeric action features, so ``--interactions ca`` has the same meaning.
 

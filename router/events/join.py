@@ -16,7 +16,7 @@ Rules (every decision yields exactly one row; nothing is silently dropped):
   ``attrs["n_orphans"]`` and logged, not joined.
 
 The reward of a row is ``quality - w_cost * cost_usd / cost_scale - w_latency * latency_ms /
-latency_scale`` with the decision's own reward spec (DESIGN.md §3), NaN without an outcome.
+latency_scale`` with the decision's own reward spec (docs/metrics.md), NaN without an outcome.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Decision, outcome and feedback events (DESIGN.md §3), as frozen pydantic models.
+"""Decision, outcome and feedback events, as frozen pydantic models.
 
 A decision event is written for every routed request before the response returns; its outcome
 (cost, latency, tokens, error) follows when the upstream call ends, and quality feedback may
@@ -174,8 +174,8 @@ def event_to_record(event: _Event) -> dict[str, Any]:
 
 
 def event_to_json(event: _Event) -> bytes:
-    """:func:`event_to_record` as compact UTF-8 JSON, by pydantic-core's serializer (~10x
-    faster than ``json.dumps(event_to_record(event))`` on a 29-model decision). The same keys
+    """:func:`event_to_record` as compact UTF-8 JSON, by pydantic-core's serializer (much
+    faster than ``json.dumps(event_to_record(event))``). The same keys
     in the same order and the same values; only number spelling may differ (``2.24e-6`` where
     ``json.dumps`` writes ``2.24e-06``) and non-ASCII text is written as UTF-8, not escaped."""
     body = event.__pydantic_serializer__.to_json(event)

@@ -1,4 +1,4 @@
-"""PostgreSQL event sink for replicas sharing one log (DESIGN.md §4).
+"""PostgreSQL event sink for replicas sharing one log.
 
 Tables (created if missing; ``<prefix>`` must be a plain SQL identifier)::
 

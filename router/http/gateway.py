@@ -20,8 +20,8 @@ from router.config import RouterConfig, TenantConfig
 from router.eligibility import RequestHints
 from router.events.models import DecisionEvent, Event, RewardSpecRecord
 from router.http.auth import require_admin, tenant_of
-from router.metrics import GatewayMetrics
 from router.pipeline import Decision, DecisionEngine
+from router.prometheus import GatewayMetrics
 from router.reload import BundleSource, PolicyReloader
 from router.upstream import InstancePicker, UpstreamClient
 

@@ -19,7 +19,7 @@ from router.http.dispatch import dispatch, force
 from router.http.errors import error_of, error_response
 from router.http.gateway import Gateway
 from router.http.request import json_body, parse_chat
-from router.metrics import render
+from router.prometheus import render
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:

@@ -5,9 +5,9 @@ It answers every ``POST .../chat/completions`` at once with one fixed ``chat.com
 body asks for ``"stream": true``; ``GET /healthz`` answers ``{"status":"ok"}``; anything else is
 a 404. It is a raw ``asyncio.Protocol`` HTTP/1.1 server with keep-alive (uvloop when installed):
 no framework, no JSON parsing, the answers are bytes built once, so the per-request cost is a
-header scan and one ``transport.write`` (~10-20 us). That keeps the upstream's share of the
-machine small when the benchmark, the gateway and the upstream share two cores; the replay
-backend (FastAPI, dataset lookups) costs ~10x more per request.
+header scan and one ``transport.write``. That keeps the upstream's share of the machine small
+when the benchmark, the gateway and the upstream share two cores; the replay backend (FastAPI,
+dataset lookups) costs several times more per request (experiments/results/overhead.md).
 
 Not a general HTTP server: it needs ``content-length`` on requests with a body (httpx and the
 OpenAI SDK send it) and answers ``411`` to chunked uploads; pipelined requests are answered in

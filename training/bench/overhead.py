@@ -1,11 +1,12 @@
 """Gateway overhead benchmark: the same requests sent directly to an upstream and through the
-router, side by side at a fixed rate, in one run (DESIGN.md §5 "Gateway overhead").
+router, side by side at a fixed rate, in one run (docs/metrics.md, "Gateway overhead").
 
 Processes, all on loopback:
 
 - the upstream: :mod:`training.bench.mock_upstream` by default (a raw asyncio HTTP/1.1 server that
-  answers a fixed ``chat.completion`` at once, ~10-20 us of CPU a request), or with
-  ``upstream="replay"`` the replay backend with ``--time-scale 0`` (FastAPI, ~10x the CPU);
+  answers a fixed ``chat.completion`` at once, little CPU a request), or with
+  ``upstream="replay"`` the replay backend with ``--time-scale 0`` (FastAPI, several times the
+  CPU);
 - the router: ``polyroute serve`` with one worker, every model of the config pointed at the
   upstream, tenants removed (open access), events to a file sink in ``workdir``;
 - the load generator, in this process: a minimal keep-alive HTTP/1.1 client on asyncio streams
@@ -81,9 +82,8 @@ class KeepAliveClient:
     """POSTs one fixed JSON body to one URL over a pool of keep-alive connections.
 
     Minimal HTTP/1.1: the request bytes are built once; responses must carry
-    ``content-length`` (uvicorn's and the mock's do). A few microseconds of CPU per request,
-    where httpx takes ~0.3 ms: on a 2-core machine the load generator competes with what it
-    measures.
+    ``content-length`` (uvicorn's and the mock's do). Far less CPU per request than httpx: on a
+    2-core machine the load generator competes with what it measures.
     """
 
     def __init__(self, host: str, port: int, path: str, body: dict[str, Any]) -> None:

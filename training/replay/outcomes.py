@@ -114,7 +114,7 @@ class RecordedOutcomes:
             recorded = None if d.responses is None else d.responses[row, col]
             # a null in the optional response column is NaN or None once in the matrix
             if not isinstance(recorded, str):
-                recorded = self.placeholder(model, self._prompt_ids[row])
+                recorded = self.recorded_note(model, row, float(d.quality[row, col]))
             latency = float(d.latency[row, col])
             return ReplayOutcome(
                 answer=recorded,
@@ -137,7 +137,22 @@ class RecordedOutcomes:
 
     @staticmethod
     def placeholder(model: str, prompt_id: str) -> str:
+        """The answer where the dataset has no outcome of ``model`` on the prompt."""
         return f"[replay: no recorded answer for model {model} on prompt {prompt_id}]"
+
+    def recorded_note(self, model: str, row: int, score: float) -> str:
+        """The answer where the dataset records the outcome but not its text (the bundled
+        MMLU-Pro sample): a note of what is recorded, labelled as such, never an invented
+        answer."""
+        d = self.dataset
+        task = str(d.prompts["task"].iat[row]) if "task" in d.prompts.columns else "unknown"
+        graded = {1.0: "correct", 0.0: "wrong"}.get(score, f"{score:g} of 1")
+        tokens = int(d.output_tokens[row, self._column[model]])
+        return (
+            f"[replay: this dataset records no answer text. Recorded outcome: {model} answered "
+            f"prompt {self._prompt_ids[row]} (task {task}) in {tokens} tokens, graded {graded} "
+            f"(score {score:g}).]"
+        )
 
     def _estimated(
         self, model: str, answer: str, prompt_text: str, prompt_id: str | None

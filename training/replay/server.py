@@ -1,10 +1,11 @@
 """The replay backend: an OpenAI-compatible server that plays the models of a routing dataset.
 
-Each dataset model answers as it did when the dataset was recorded: its answer text (or a
-placeholder when the dataset has none), its token counts, its latency (times ``time_scale``)
-and, in ``x-replay-*`` headers, its cost and true score, so a router can be tested on real
-recorded outcomes without real LLM endpoints. Faults (seeded random 500s, 503 outages, extra
-delay) can be injected at start or at run time through ``/admin/faults``.
+Each dataset model answers as it did when the dataset was recorded: its answer text (or, when
+the dataset records none, a labelled note of the recorded outcome), its token counts, its
+latency (times ``time_scale``) and, in ``x-replay-*`` headers, its cost and true score, so a
+router can be tested on real recorded outcomes without real LLM endpoints. Faults (seeded
+random 500s, 503 outages, extra delay) can be injected at start or at run time through
+``/admin/faults``.
 
 Endpoints
 ---------

@@ -13,8 +13,8 @@ from typing import Any
 
 
 def _train(args: argparse.Namespace) -> int:
+    from training.loop_turn import RetrainConfig, retrain
     from training.promote import GateConfig
-    from training.retrain import RetrainConfig, retrain
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = RetrainConfig(
@@ -58,24 +58,55 @@ def _train(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     import mlflow
 
-    from training import registry
+    from training import model_registry
 
-    with registry.start_training_run(args.tracking_uri, "rollback"):
-        before, after = registry.rollback(args.model_name, args.tracking_uri, args.reason)
+    with model_registry.start_training_run(args.tracking_uri, "rollback"):
+        before, after = model_registry.rollback(args.model_name, args.tracking_uri, args.reason)
         mlflow.set_tags({"rollback.from": before, "rollback.to": after, "reason": args.reason})
     print(json.dumps({"champion_was": before, "champion_now": after, "reason": args.reason}))
     return 0
 
 
 def _policy_status(args: argparse.Namespace) -> int:
-    from training import registry
+    from training import model_registry
 
     status: dict[str, Any] = {"model": args.model_name}
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        status[alias] = registry.alias_version(alias, args.model_name, args.tracking_uri)
-    status["champion_history"] = registry.champion_history(args.model_name, args.tracking_uri)
+    for alias in (model_registry.CHAMPION, model_registry.CHALLENGER):
+        status[alias] = model_registry.alias_version(alias, args.model_name, args.tracking_uri)
+    status["champion_history"] = model_registry.champion_history(args.model_name, args.tracking_uri)
+    status.update(_local_serving(status[model_registry.CHAMPION] is None))
     print(json.dumps(status, indent=2))
     return 0
+
+
+def _local_serving(no_champion: bool) -> dict[str, Any]:
+    """What ``polyroute run`` serves (a local bundle, outside the registry), from the
+    ``serving.json`` it writes in the home directory; without a champion, also where the local
+    bundles are and how to register one."""
+    from pathlib import Path
+
+    from router.bundle import PolicyBundle
+    from router.registry_source import default_home
+
+    home = default_home()
+    found: dict[str, Any] = {}
+    serving = home / "serving.json"
+    if serving.is_file():
+        found["serving_now"] = json.loads(serving.read_text())
+    if no_champion:
+        local = {}
+        for meta in sorted(home.glob("bundle*/bundle.json")):
+            try:
+                local[str(meta.parent)] = PolicyBundle.load(meta.parent).version
+            except Exception as exc:  # a broken cache is reported, not fatal here
+                local[str(meta.parent)] = f"unreadable: {exc}"
+        found["local_bundles"] = local
+        found["note"] = (
+            "no @champion in the registry: `polyroute run` serves a local bundle (above), "
+            "`polyroute serve --bundle DIR` the one given; `polyroute train --base "
+            f"{Path(next(iter(local), home / 'bundle'))}` registers one as the first champion"
+        )
+    return found
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -193,6 +224,10 @@ def add_commands(sub: Any) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of traffic and training")
     demo.set_defaults(func=_demo)
 
-    policy = sub.add_parser("policy", help="registered policy versions: champion, challenger")
+    policy = sub.add_parser(
+        "policy",
+        help="what serves: the registry's champion and challenger, and the local bundle of a "
+        "running `polyroute run`",
+    )
     registry_options(policy)
     policy.set_defaults(func=_policy_status)

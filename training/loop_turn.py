@@ -25,7 +25,7 @@ from typing import Any
 from features.errors import ConfigError, PolicyError
 from router.bundle import PolicyBundle
 from router.policy.base import RewardSpec
-from training import registry
+from training import model_registry
 from training.promote import GateConfig, GateDecision, apply_decision, gate
 from training.train import (
     DEFAULT_JOIN_WINDOW_S,
@@ -47,7 +47,7 @@ class RetrainConfig:
     events: str
     since: str | float | None = None
     tracking_uri: str | None = None
-    model_name: str = registry.MODEL_NAME
+    model_name: str = model_registry.MODEL_NAME
     base_bundle: str | None = None  # registered as the first champion when there is none
     warm_start: bool = True
     holdout: float = 0.3
@@ -90,16 +90,18 @@ class RetrainOutcome:
 
 
 def _ensure_champion(config: RetrainConfig) -> tuple[str, PolicyBundle]:
-    version = registry.alias_version(registry.CHAMPION, config.model_name, config.tracking_uri)
+    version = model_registry.alias_version(
+        model_registry.CHAMPION, config.model_name, config.tracking_uri
+    )
     if version is not None:
-        return version, registry.load_bundle(version, config.model_name, config.tracking_uri)
+        return version, model_registry.load_bundle(version, config.model_name, config.tracking_uri)
     if config.base_bundle is None:
         raise PolicyError(
-            f"{config.model_name} has no @{registry.CHAMPION}: pass --base BUNDLE_DIR to register "
-            "the bundle that produced the logs as the first champion"
+            f"{config.model_name} has no @{model_registry.CHAMPION}: pass --base BUNDLE_DIR to "
+            "register the bundle that produced the logs as the first champion"
         )
     bundle = PolicyBundle.load(config.base_bundle)
-    version = registry.register_champion(
+    version = model_registry.register_champion(
         bundle,
         "initial champion: the bundle that served the logs (no champion was registered)",
         config.model_name,
@@ -149,7 +151,7 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
     """Train a candidate from the logs, evaluate it against the champion, register it, gate it."""
     import mlflow
 
-    from training.evaluate import evaluate_policies
+    from training.ope_logged import evaluate_policies
     from training.report import log_report_to_mlflow, write_report
 
     champion_version, champion = _ensure_champion(config)
@@ -178,7 +180,7 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
         copy_policy(champion.policy, result.candidate.reward),
         champion.provenance,
     )
-    with registry.start_training_run(config.tracking_uri, "retrain") as run:
+    with model_registry.start_training_run(config.tracking_uri, "retrain") as run:
         _log_run(config, result, champion_version, since)
         evaluation = evaluate_policies(
             result.holdout_rows.frame,
@@ -213,12 +215,14 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
                     f"{name}.max_weight": float(diag["max_weight"]),
                 }
             )
-        version = registry.log_bundle(
+        version = model_registry.log_bundle(
             result.candidate,
             config.model_name,
             {"champion_at_training": champion_version, "run": run.info.run_id},
         )
-        now = registry.alias_version(registry.CHAMPION, config.model_name, config.tracking_uri)
+        now = model_registry.alias_version(
+            model_registry.CHAMPION, config.model_name, config.tracking_uri
+        )
         if decision.promote and now != champion_version:
             # e.g. an operator rolled back while this ran: never undo that silently
             decision = decision.overruled(

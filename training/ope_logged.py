@@ -1,4 +1,4 @@
-"""Off-policy evaluation of candidate policies on the gateway's logged decisions (DESIGN.md §5).
+"""Off-policy evaluation of candidate policies on the gateway's logged decisions (docs/metrics.md).
 
 For every joined decision that can be learned from (no rule override, an outcome, the policies'
 feature version), each policy is replayed on the logged request: its pmf over the logged
