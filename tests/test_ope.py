@@ -271,6 +271,7 @@ def test_other_bad_inputs() -> None:
 
 
 # ---- the coverage experiment (training/ope_coverage.py) on a small slice of the bundled sample --
+@pytest.mark.slow  # fits a candidate and runs six coverage experiments: ~40 s of CPU
 def test_coverage_runs_on_a_small_slice(small: Any) -> None:
     from training.ope_coverage import (
         CoverageConfig,
