@@ -60,6 +60,7 @@ def run(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict
     return json.loads((work / "result.json").read_text()), work
 
 
+@pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
 def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
     result, _ = run
     for key in ("dataset", "n_test", "best_single", "oracle", "routers", "c_lo", "c_hi"):
@@ -78,6 +79,7 @@ def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
     assert 0 < warm["n_labelled"] < 150
 
 
+@pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
 def test_aiq_is_recomputable_from_the_json(run: tuple[dict, Path]) -> None:
     result, _ = run
     for entry in [*result["routers"].values(), result["oracle"]]:
@@ -85,6 +87,7 @@ def test_aiq_is_recomputable_from_the_json(run: tuple[dict, Path]) -> None:
         assert entry["aiq"] == pytest.approx(aiq(curve, result["c_lo"], result["c_hi"]), abs=1e-12)
 
 
+@pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
 def test_results_are_ordered_as_expected(run: tuple[dict, Path]) -> None:
     result, _ = run
     routers = result["routers"]
@@ -93,6 +96,7 @@ def test_results_are_ordered_as_expected(run: tuple[dict, Path]) -> None:
     assert routers["zero_router"]["max_quality"] == pytest.approx(result["best_single"]["quality"])
 
 
+@pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
 def test_plots_and_mlflow_run_are_written(run: tuple[dict, Path]) -> None:
     import mlflow
 

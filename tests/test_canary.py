@@ -17,12 +17,11 @@ from test_reload import DictSource, variant
 
 from features.errors import ConfigError
 from router.app import create_app
+from router.bundle import PolicyBundle
 from router.canary import CanaryController, RunningMean, cs_radius
 from router.config import CanaryConfig, RouterConfig, load_config
 from router.policy.base import RewardSpec
 from router.prometheus import GatewayMetrics
-from training.bundle_train import train_bundle
-from training.datasets import RoutingDataset
 
 
 def fake_engine(version: str) -> Any:
@@ -208,9 +207,8 @@ def config() -> RouterConfig:
 
 
 @pytest.fixture(scope="module")
-def bundles(small: RoutingDataset) -> dict[str, Any]:
-    base = train_bundle(small, w_cost=0.2)
-    return {"1": base, "2": variant(base, "uniform")}
+def bundles(bundle: PolicyBundle) -> dict[str, Any]:
+    return {"1": bundle, "2": variant(bundle, "uniform")}
 
 
 def test_canary_end_to_end(config, bundles) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features.errors import DatasetError, PolicyError
@@ -343,8 +344,12 @@ def test_mismatched_feature_versions_overrides_and_missing_outcomes_are_excluded
     assert result.n_excluded["no_outcome"] == 10
     assert result.n == 300 - n_old - 10
     assert any("feat-old" in note for note in result.notes)
-    # the traffic view counts every decision, overrides included
-    assert result.traffic.to_numpy().sum() == pytest.approx(len(result.traffic))
+    # the traffic view counts every decision, overrides and excluded rows included: it is the
+    # share of the whole joined log, not of the rows the estimates use
+    every = join_events(events)
+    assert len(every) == 301 > result.n
+    pd.testing.assert_frame_equal(result.traffic, traffic_share(every))
+    np.testing.assert_allclose(result.traffic.sum(axis=1), 1.0)
 
 
 def test_no_rows_left_and_incompatible_policies_raise(simulated: SimulatedLog) -> None:

@@ -1,4 +1,5 @@
-"""The PostgreSQL event sink against the real server ; skipped without one."""
+"""The PostgreSQL event sink against the real server: skipped without one, failed without one
+when POLYROUTE_REQUIRE_SERVICES=1 (CI)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from psycopg import sql
 
 # pytest puts tests/ on sys.path (rootdir conftest, no package), so the sibling module imports
+from services import unavailable
 from test_events import decision, outcome
 
 from features.errors import ConfigError
@@ -27,7 +29,7 @@ def prefix() -> Iterator[str]:
     try:
         psycopg.connect(DSN, connect_timeout=2).close()
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 not reachable: {exc}")
+        unavailable("PostgreSQL at 127.0.0.1:5432", exc)
     name = f"test_events_{uuid.uuid4().hex[:12]}"
     yield name
     with psycopg.connect(DSN, autocommit=True) as conn:

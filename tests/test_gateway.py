@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,8 @@ from loopback import serving
 
 from features.errors import EventLogFullError
 from router.app import create_app
-from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
 from router.events.models import Event
-from training.bundle_train import train_bundle
-from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 
@@ -102,11 +100,6 @@ def config() -> RouterConfig:
     data = load_config(EXAMPLE).model_dump()
     data["tenants"] = []  # open access for most tests; auth is tested with the example's tenant
     return RouterConfig.model_validate(data)
-
-
-@pytest.fixture(scope="module")
-def bundle(small: RoutingDataset) -> PolicyBundle:
-    return train_bundle(small, w_cost=0.2)
 
 
 @pytest.fixture()
@@ -450,6 +443,45 @@ def test_client_disconnect_closes_upstream_and_logs_outcome(config, bundle, sink
         assert stream.closed and stream.sent < 500
 
 
+class ProcessLog:
+    """A subprocess's output, read as it comes by a thread (a pipe nobody reads fills up and
+    blocks the process), waited on for lines of its log."""
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for raw in iter(self.process.stdout.readline, b""):
+            with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, needle: str, count: int, timeout_s: float) -> None:
+        """Until ``count`` lines contain ``needle``; fails at once if the process exits."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while sum(needle in line for line in self.lines) < count:
+                assert self.process.poll() is None, "exited:\n" + "\n".join(self.lines)
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {count} x {needle!r} in {timeout_s} s:\n" + "\n".join(
+                    self.lines
+                )
+                self._changed.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        self._reader.join(timeout=10)
+
+
 def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
     """``polyroute serve --workers 2`` as a real process: routed answers, health, feedback
     accepted by whichever worker gets it, one event file per worker (never shared)."""
@@ -489,20 +521,18 @@ def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
         ]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
         process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        log = ProcessLog(process)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 25
-            while True:
-                assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-                assert time.monotonic() < deadline, "gateway workers did not start"
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=1).json() == {"status": "ok"}:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            # ready when both workers have finished their startup (each logs it once): the
+            # /healthz of the first ready worker says nothing of the second, and a fixed
+            # deadline of a few seconds is too short for a loaded machine (the workers import
+            # and load the bundle at the same time); generous, as it only bounds a failure
+            log.wait_for("Application startup complete.", count=2, timeout_s=240)
+            assert httpx.get(f"{base}/healthz", timeout=10).json() == {"status": "ok"}
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
             ids = []
-            with httpx.Client(base_url=base, timeout=10) as http:
+            with httpx.Client(base_url=base, timeout=30) as http:
                 for i in range(12):
                     raw_reply = client.chat.completions.with_raw_response.create(
                         model="auto", messages=[{"role": "user", "content": f"Question {i}?"}]
@@ -511,13 +541,15 @@ def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
                     ids.append(raw_reply.headers["x-polyroute-decision-id"])
                 for decision_id in ids:  # a new connection each: any worker may answer
                     fb = httpx.post(
-                        f"{base}/v1/feedback", json={"decision_id": decision_id, "quality": 1.0}
+                        f"{base}/v1/feedback",
+                        json={"decision_id": decision_id, "quality": 1.0},
+                        timeout=30,
                     )
                     assert fb.status_code == 200, fb.text
                 assert http.get("/readyz").json()["policy_version"] == bundle.version
             # every worker's counters in one scrape, whichever worker answers it
             for _ in range(4):
-                scrape = httpx.get(f"{base}/metrics").text
+                scrape = httpx.get(f"{base}/metrics", timeout=30).text
                 served = sum(
                     float(line.rsplit(" ", 1)[1])
                     for line in scrape.splitlines()
@@ -526,11 +558,13 @@ def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
                 assert served == 12
         finally:
             process.terminate()
-            process.wait(timeout=15)
+            process.wait(timeout=120)  # the workers flush their event files as they stop
+            log.close()
+    assert process.returncode == 0, log.text()
     events = list(read_events(tmp_path / "events"))
-    assert sum(e.kind == "decision" for e in events) == 12
-    assert sum(e.kind == "outcome" for e in events) == 12
-    assert sum(e.kind == "feedback" for e in events) == 12
+    assert sum(e.kind == "decision" for e in events) == 12, log.text()
+    assert sum(e.kind == "outcome" for e in events) == 12, log.text()
+    assert sum(e.kind == "feedback" for e in events) == 12, log.text()
     assert event_files(tmp_path / "events")  # one file per worker that wrote (never shared)
 
 

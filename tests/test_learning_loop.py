@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from services import unavailable
 
 from features.errors import DatasetError, PolicyError
 from router.bundle import PolicyBundle
@@ -75,7 +76,7 @@ def postgres_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 ({exc})")
+        unavailable("PostgreSQL at 127.0.0.1:5432", exc)
     name = f"polyroute_mlflow_{uuid.uuid4().hex[:10]}"
     admin.execute(f"CREATE DATABASE {name}")
     monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))

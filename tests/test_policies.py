@@ -1,34 +1,39 @@
-"""The generic conformance suite, run on every registered policy, plus policy-specific checks."""
+"""The conformance checks (router.policy.checks) on every registered policy, and checks of
+particular policies (VW's exact fast path, warm start, learning from partial feedback)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from features.errors import ConfigError, PolicyError
+from features.errors import ConfigError
 from router.policy import POLICIES, Policy, RewardSpec, get_policy_class
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action
+from router.policy.checks import (
+    CheckData,
+    check_policy,
+    make_check_data,
+    policy_factory,
+    unit_test_params,
+    yield_checks,
+)
 from training.datasets import RoutingDataset
 
 SPEC = RewardSpec(w_cost=0.5, cost_scale=1e-3)
 
 
 def make(name: str, models: list[str], seed: int = 0) -> Policy:
-    cls = get_policy_class(name)
-    if name == "fixed":
-        return cls(reward=SPEC, seed=seed, model=models[0])  # type: ignore[call-arg]
-    if name in ("linucb", "epsilon_greedy"):
-        return cls(reward=SPEC, seed=seed, models=models)  # type: ignore[call-arg]
-    return cls(reward=SPEC, seed=seed)
+    """A registered policy with the conformance checks' constructor arguments."""
+    return policy_factory(name, models, SPEC)(seed)
 
 
-def trained(name: str, small: RoutingDataset, fitted, seed: int = 0, steps: int = 60) -> Policy:
-    """Warm-started on full information where the policy supports it, then a short
-    partial-feedback stream: the same for every policy."""
+def trained(small: RoutingDataset, fitted, seed: int = 0, steps: int = 60) -> Policy:
+    """The VW policy warm-started on real full-information data, then a short
+    partial-feedback stream (the fast-path tests below start from it)."""
     _featurizer, catalogue, x = fitted
     train = small.split("train")
-    policy = make(name, catalogue.names, seed)
+    policy = make("vw_squarecb", catalogue.names, seed)
     policy.fit(x[:100], catalogue.actions(x[0], 100.0), train.quality[:100])
     rng = np.random.default_rng(seed)
     for i in range(100, 100 + steps):
@@ -37,73 +42,90 @@ def trained(name: str, small: RoutingDataset, fitted, seed: int = 0, steps: int 
         pmf = policy.predict_one(x[i], actions)
         k = int(rng.choice(len(actions), p=pmf))
         quality = train.quality[i, catalogue.index[actions[k].model]]
-        assert policy.learn_one(x[i], actions, k, float(pmf[k]), float(quality)) is None
+        policy.learn_one(x[i], actions, k, float(pmf[k]), float(quality))
     return policy
 
 
-@pytest.fixture(params=sorted(POLICIES))
-def name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# ---- the conformance checks (router.policy.checks) on every registered policy ---------------
 
 
-def _contexts(fitted) -> np.ndarray:
-    return fitted[2][300:330]
+@pytest.fixture(scope="module")
+def check_data() -> CheckData:
+    return make_check_data()
 
 
-def test_pmf_is_a_distribution_over_any_subset(name: str, small: RoutingDataset, fitted) -> None:
-    policy = trained(name, small, fitted)
-    catalogue: ActionCatalogue = fitted[1]
-    rng = np.random.default_rng(1)
-    for x in _contexts(fitted):
-        size = int(rng.integers(1, len(catalogue.names) + 1))
-        subset = list(rng.choice(catalogue.names, size=size, replace=False))
-        pmf = policy.predict_one(x, catalogue.actions(x, 500.0, subset))
-        assert pmf.shape == (size,)
-        assert pmf.sum() == pytest.approx(1.0, abs=1e-6)
-        assert np.all(pmf >= 0)
-        if policy.explores:
-            assert np.all(pmf > 0), f"{name} explores but gave a zero probability"
+@pytest.mark.parametrize("check", list(yield_checks()), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_registered_policy_conforms(name: str, check, check_data: CheckData) -> None:
+    check(policy_factory(name), check_data)
 
 
-def test_same_seed_same_result(name: str, small: RoutingDataset, fitted) -> None:
-    a, b = trained(name, small, fitted, seed=7), trained(name, small, fitted, seed=7)
-    catalogue: ActionCatalogue = fitted[1]
-    for x in _contexts(fitted):
-        actions = catalogue.actions(x, 500.0)
-        np.testing.assert_array_equal(a.predict_one(x, actions), b.predict_one(x, actions))
+class _Greedy(Policy):
+    """Always the first action: a valid policy, until it claims to explore."""
+
+    name = "first"
+
+    def _predict_one(self, context: np.ndarray, actions) -> np.ndarray:
+        pmf = np.zeros(len(actions))
+        pmf[0] = 1.0
+        return pmf
 
 
-def test_save_load_round_trip(name: str, small: RoutingDataset, fitted, tmp_path) -> None:
-    policy = trained(name, small, fitted)
-    policy.save(tmp_path / name)
-    loaded = Policy.load(tmp_path / name)
-    assert type(loaded) is type(policy)
-    assert loaded.reward == policy.reward
-    catalogue: ActionCatalogue = fitted[1]
-    for x in _contexts(fitted):
-        actions = catalogue.actions(x, 500.0)
-        np.testing.assert_allclose(
-            loaded.predict_one(x, actions), policy.predict_one(x, actions), atol=1e-6
-        )
+class _ClaimsToExplore(_Greedy):
+    explores = True
 
 
-def test_contract_violations_are_refused(name: str, fitted) -> None:
-    catalogue: ActionCatalogue = fitted[1]
-    policy = make(name, catalogue.names)
-    x = fitted[2][0]
-    actions = catalogue.actions(x, 10.0)
-    with pytest.raises(PolicyError, match="no eligible actions"):
-        policy.predict_one(x, [])
-    with pytest.raises(PolicyError, match="duplicate"):
-        policy.predict_one(x, [actions[0], actions[0]])
-    with pytest.raises(PolicyError, match="1-D"):
-        policy.predict_one(x[None, :], actions)
-    with pytest.raises(PolicyError, match="chosen"):
-        policy.learn_one(x, actions, len(actions), 0.5, 1.0)
-    with pytest.raises(PolicyError, match="probability"):
-        policy.learn_one(x, actions, 0, 0.0, 1.0)
-    with pytest.raises(PolicyError, match="reward"):
-        policy.learn_one(x, actions, 0, 0.5, float("nan"))
+class _Unseeded(_Greedy):
+    """Ignores its seed: two policies built alike differ."""
+
+    def _predict_one(self, context: np.ndarray, actions) -> np.ndarray:
+        return np.random.default_rng().dirichlet(np.ones(len(actions)))
+
+
+class _Forgetful(Policy):
+    """Prefers the action it last learned from, but saves nothing of it."""
+
+    name = "forgetful"
+    explores = True
+
+    def __init__(self, reward: RewardSpec | None = None, seed: int = 0) -> None:
+        super().__init__(reward, seed)
+        self.last: str | None = None
+
+    def _predict_one(self, context: np.ndarray, actions) -> np.ndarray:
+        pmf = np.ones(len(actions))
+        pmf[[i for i, a in enumerate(actions) if a.model == self.last]] = 10.0
+        return pmf / pmf.sum()
+
+    def _learn_one(self, context, actions, chosen, probability, reward) -> None:
+        self.last = actions[chosen].model
+
+
+@pytest.mark.parametrize(
+    ("cls", "failed"),
+    [
+        (_ClaimsToExplore, "check_pmf_is_a_distribution_over_any_subset"),
+        (_Unseeded, "check_same_seed_same_result"),
+        (_Forgetful, "check_save_load_round_trip"),
+    ],
+)
+def test_check_policy_catches_a_broken_policy(
+    cls: type[Policy], failed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks can fail: each broken policy is caught by the check meant for it."""
+    monkeypatch.setitem(POLICIES, cls.name, cls)  # registered, so that Policy.load finds it
+    with pytest.raises(AssertionError, match=failed):
+        check_policy(lambda seed: cls(reward=SPEC, seed=seed))
+
+
+def test_check_policy_passes_a_registered_policy() -> None:
+    check_policy(policy_factory("random"))
+
+
+def test_unknown_names_get_default_params() -> None:
+    assert unit_test_params("random") == {}
+    assert unit_test_params("linucb", ["a", "b"]) == {"models": ["a", "b"]}
+    assert unit_test_params("fixed", ["a", "b"]) == {"model": "a"}
 
 
 def test_unknown_policy_name() -> None:
@@ -155,16 +177,19 @@ def test_reward_spec() -> None:
 
 
 def test_direct_router_beats_random_on_held_out_prompts(small: RoutingDataset, fitted) -> None:
+    """The default (cross-validated) quality predictor, on every third model of the catalogue
+    (ten models, strong and weak: the routing problem stays, at a third of the fitting time)."""
     featurizer, catalogue, x = fitted
     train, test = small.split("train"), small.split("test")
-    policy = get_policy_class("direct")(reward=RewardSpec()).fit(
-        x, catalogue.actions(x[0], 0.0), train.quality
-    )
+    cols = np.arange(0, len(catalogue.names), 3)
+    actions = [catalogue.actions(x[0], 0.0)[j] for j in cols]
+    policy = get_policy_class("direct")(reward=RewardSpec()).fit(x, actions, train.quality[:, cols])
     xt = featurizer.transform(test.prompts["prompt"].tolist())
     q_hat = policy.predict_quality(xt)  # type: ignore[attr-defined]
-    chosen = np.argmax(np.where(test.available, q_hat, -np.inf), axis=1)
-    routed = test.quality[np.arange(len(chosen)), chosen].mean()
-    random = np.nanmean(test.quality)
+    quality, available = test.quality[:, cols], test.available[:, cols]
+    chosen = np.argmax(np.where(available, q_hat, -np.inf), axis=1)
+    routed = quality[np.arange(len(chosen)), chosen].mean()
+    random = np.nanmean(np.where(available, quality, np.nan))
     assert routed > random + 0.1
 
 
@@ -231,7 +256,7 @@ def test_vw_fast_path_equals_workspace_predict(small: RoutingDataset, fitted, tm
     _featurizer, catalogue, x = fitted
     rng = np.random.default_rng(5)
     contexts = _probe_contexts(x, rng)
-    policy = trained("vw_squarecb", small, fitted)  # fit + 60 partial-feedback updates
+    policy = trained(small, fitted)  # fit + 60 partial-feedback updates
     _assert_fast_path_equals_vw(policy, catalogue, contexts)
     train = small.split("train")
     for i in range(160, 200):  # more updates: the fast path is rebuilt from the new weights
@@ -248,7 +273,7 @@ def test_vw_fast_path_serves_once_learning_pauses(small: RoutingDataset, fitted)
     from router.policy.vw import _REBUILD_AFTER
 
     _featurizer, catalogue, x = fitted
-    policy = trained("vw_squarecb", small, fitted)
+    policy = trained(small, fitted)
     served = []
     for i in range(300, 300 + 2 * _REBUILD_AFTER):
         actions = catalogue.actions(x[i], 100.0)

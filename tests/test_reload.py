@@ -20,8 +20,6 @@ from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
 from router.policy.baselines import RandomPolicy
 from router.reload import BundleSource, PolicyReloader
-from training.bundle_train import train_bundle
-from training.datasets import RoutingDataset
 
 EXAMPLE_CONFIG = "experiments/configs/router.example.yaml"
 
@@ -71,12 +69,11 @@ def config() -> RouterConfig:
 
 
 @pytest.fixture(scope="module")
-def bundles(small: RoutingDataset) -> dict[str, PolicyBundle]:
-    base = train_bundle(small, w_cost=0.2)
+def bundles(bundle: PolicyBundle) -> dict[str, PolicyBundle]:
     return {
-        "1": base,
-        "2": variant(base, "uniform"),
-        "3": variant(base, "broken", BrokenPolicy(reward=base.reward)),
+        "1": bundle,
+        "2": variant(bundle, "uniform"),
+        "3": variant(bundle, "broken", BrokenPolicy(reward=bundle.reward)),
     }
 
 
