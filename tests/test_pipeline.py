@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from features.errors import ConfigError, NoEligibleModelError, PolicyError, RequestError
+from features.featurizer import FeaturizerConfig
 from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
 from router.eligibility import RequestHints, eligible_models
 from router.pipeline import DecisionEngine
+from router.policy.vw import VWSquareCBPolicy
+from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
@@ -121,15 +124,31 @@ def _reference_decide(engine: DecisionEngine, rng: np.random.Generator, *args, *
     actions = catalogue.actions_with_costs(
         np.array([cost.get(m, 0.0) for m in catalogue.names]), latency_all, names
     )
-    pmf = bundle.policy._vw_pmf(context, actions)  # type: ignore[attr-defined]
-    pmf = pmf / pmf.sum()
+    if isinstance(bundle.policy, VWSquareCBPolicy):
+        pmf = bundle.policy._vw_pmf(context, actions)  # VW's own text-format predict
+        pmf = pmf / pmf.sum()  # as predict_one normalises it
+    else:
+        pmf = bundle.policy.predict_one(context, actions)  # the policy contract's checked path
     u = rng.random() * pmf.sum()
     k = min(int(np.searchsorted(np.cumsum(pmf), u, side="right")), len(pmf) - 1)
     return names, pmf, k, cost[names[k]], latency[names[k]], eligibility.removed
 
 
-def test_decisions_equal_the_reference_path(config, bundle, small: RoutingDataset) -> None:
-    """Same pmfs (bit for bit), same sampled choices, costs and removals as the VW text path."""
+@pytest.fixture(scope="module")
+def vw_bundle(tiny: RoutingDataset) -> PolicyBundle:
+    return train_bundle(
+        tiny, w_cost=0.2, policy_name="vw_squarecb",
+        featurizer_config=FeaturizerConfig(n_components=16),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("policy", ["default", "vw_squarecb"])
+def test_decisions_equal_the_reference_path(
+    config, bundle, vw_bundle, small: RoutingDataset, policy: str
+) -> None:
+    """Same pmfs (bit for bit), same sampled choices, costs and removals as the reference path
+    (for VW: its text-format predict, which the exact fast path must reproduce)."""
+    bundle = vw_bundle if policy == "vw_squarecb" else bundle
     engine = DecisionEngine(config, bundle, seed=3)
     rng = np.random.default_rng(3)
     hint_sets = [
@@ -159,7 +178,8 @@ def test_decisions_equal_the_reference_path(config, bundle, small: RoutingDatase
         assert d.eligible == names and d.removed == removed
         np.testing.assert_array_equal(d.pmf, pmf)
         assert (d.chosen_index, d.expected_cost_usd, d.expected_latency_ms) == (k, cost, latency)
-    assert engine.bundle.policy._scorer is not None  # type: ignore[attr-defined]
+    if isinstance(bundle.policy, VWSquareCBPolicy):
+        assert bundle.policy._scorer is not None  # the fast path served
 
 
 def _stage_owner(stage: str, engine: DecisionEngine) -> tuple[object, str]:
