@@ -34,7 +34,8 @@ from training.traffic import simulate_events
 
 data = load_dataset("bundled")
 # a new deployment: features and cost model fitted, the policy has seen no outcome yet
-cold = train_bundle(data, cold_start=True, policy_params={"learning_rate": 0.5})
+cold = train_bundle(data, cold_start=True, policy_name="vw_squarecb",
+                    policy_params={"learning_rate": 0.5})
 cold.save(work / "cold-bundle")
 
 # 6,000 requests of the train split served by the cold policy, as the gateway logs them;

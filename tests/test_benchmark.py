@@ -72,9 +72,9 @@ def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
     assert {"apgr", "cpt_50", "cpt_80"} <= set(result["routers"]["direct"])
     # the serving policy's learning-loop replays, cold and warm: each curve has a point per
     # decision-time trade-off of the grid (not one replay per point)
-    for name in ("bandit:squarecb_quality", "bandit:squarecb_quality+warm25"):
+    for name in ("bandit:squarecb_quality", "bandit:squarecb_quality_warm25"):
         assert len(result["routers"][name]["curve"]) >= 20, name
-    warm = result["bandit_replay"]["policies"]["squarecb_quality+warm25"]
+    warm = result["bandit_replay"]["policies"]["squarecb_quality_warm25"]
     assert warm["n_labelled"] + warm["n_partial_feedback"] == 300
     assert 0 < warm["n_labelled"] < 150
 

@@ -277,7 +277,7 @@ def run_benchmark(
         )
         variants = {
             "squarecb_quality": None,
-            f"squarecb_quality+warm{round(config.warm_share * 100)}": labelled,
+            f"squarecb_quality_warm{round(config.warm_share * 100)}": labelled,
         }
         for label, mask in variants.items():
             clock = time.perf_counter()

@@ -18,7 +18,7 @@ _SHOWN = (
     "knn10",
     "per_task_static",
     "bandit:squarecb_quality",
-    "bandit:squarecb_quality+warm25",
+    "bandit:squarecb_quality_warm25",
     "bandit:vw_squarecb",
     "bandit:epsilon_greedy",
     "bandit:linucb",
