@@ -431,3 +431,34 @@ def test_too_few_decisions_is_a_clear_error(simulated: SimulatedLog) -> None:
     joined = join_events(simulated.events).iloc[:3]
     with pytest.raises(DatasetError, match="only 3 decision"):
         evaluate_policies(joined, {"direct": simulated.bundles["direct"]}, n_bootstrap=10)
+
+
+def test_train_and_evaluate_leave_out_the_same_pending_feedback(simulated: SimulatedLog) -> None:
+    """A decision without feedback yet, within the join window of the log's end, may still be
+    rated: training leaves it out, and so does evaluation (it used to count it as quality 0).
+    One without feedback older than the window is an unrated answer for both."""
+    from training.train import select_learnable
+
+    decisions = [e for e in simulated.events if isinstance(e, DecisionEvent)][:400]
+    keep = {d.event_id for d in decisions}
+    recent = {d.event_id for d in decisions[-20:]}  # the last 240 s of a 4,800 s log
+    old = {d.event_id for d in decisions[:20]}
+    events = [
+        e
+        for e in simulated.events
+        if e.event_id in keep and not (isinstance(e, FeedbackEvent) and e.event_id in recent | old)
+    ]
+    joined = join_events(events, join_window_s=600.0)
+    horizon = float(joined["timestamp"].max()) - 600.0
+    bundle = simulated.bundles["direct"]
+    rows = select_learnable(
+        joined, bundle.featurizer.version_, simulated.spec, GATEWAY_MODELS, feedback_horizon=horizon
+    )
+    result = evaluate_policies(
+        joined, {"direct": bundle}, n_bootstrap=20, baselines=("logging",), join_window_s=600.0
+    )
+    assert rows.excluded.get("pending_feedback") == 20
+    assert result.n_excluded["pending_feedback"] == 20
+    assert set(result.event_ids) == set(rows.frame["event_id"])
+    assert not recent & set(result.event_ids)
+    assert old <= set(result.event_ids)  # unrated, not pending: evaluated at the default quality

@@ -189,6 +189,8 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
             seed=config.seed,
             alpha=config.gate.alpha,
             min_ess=config.gate.min_ess,
+            # the holdout is a slice of the log: pending feedback is judged on the whole log
+            feedback_horizon=float(result.joined["timestamp"].max()) - config.join_window_s,
         )
         decision = gate(evaluation, "candidate", "champion", config.gate)
         report_dir = Path(config.report_dir)

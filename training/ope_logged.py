@@ -250,9 +250,17 @@ def traffic_share(frame: pd.DataFrame, bucket: str | None = None) -> pd.DataFram
 
 
 def _select_rows(
-    frame: pd.DataFrame, targets: list[_Target], models: list[str] | None
+    frame: pd.DataFrame,
+    targets: list[_Target],
+    models: list[str] | None,
+    feedback_horizon: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
-    """The learnable rows with an outcome and the policies' feature version; counts the rest."""
+    """The learnable rows with an outcome and the policies' feature version; counts the rest.
+
+    ``feedback_horizon``: a decision after it without quality feedback may still be rated (it
+    is within the join window of the log's last decision): it is left out, as
+    ``training.train.select_learnable`` leaves it out of training, rather than counted as an
+    unrated answer (``default_quality``)."""
     excluded: dict[str, int] = {}
     notes: list[str] = []
 
@@ -266,6 +274,15 @@ def _select_rows(
 
     drop(~frame["learnable"].to_numpy(bool), "not_learnable", "a rule overrode the policy (p=1)")
     drop(~frame["has_outcome"].to_numpy(bool), "no_outcome", "no outcome within the join window")
+    if feedback_horizon is not None:
+        pending = frame["quality_imputed"].to_numpy(bool) & (
+            frame["timestamp"].to_numpy(float) > feedback_horizon
+        )
+        drop(
+            pending,
+            "pending_feedback",
+            "no quality feedback yet, but still within the join window of the log's end",
+        )
     values = frame[["quality", "cost_usd", "latency_ms"]].to_numpy(float)
     drop(~np.isfinite(values).all(axis=1), "missing_outcome_values", "non-finite quality/cost")
     versions = {t.feature_version for t in targets if t.feature_version is not None}
@@ -373,6 +390,7 @@ def evaluate_policies(
     reward_spec: RewardSpec | None = None,
     join_window_s: float = 3600.0,
     default_quality: float = 0.0,
+    feedback_horizon: float | None = None,
 ) -> PolicyEvaluation:
     """Evaluate ``policies`` (name -> :class:`PolicyBundle` or policy) and baselines off-policy.
 
@@ -389,6 +407,9 @@ def evaluate_policies(
     reward_spec : the reward of the baselines; default: the first policy's.
     switch_lambda, dros_lambda : λ of Switch-DR and DRos (:mod:`training.ope`).
     n_folds : folds of the reward model's cross-fitting.
+    feedback_horizon : decisions after it without quality feedback are left out as still
+        pending (as training leaves them out); default: ``join_window_s`` before the last
+        decision of ``joined``. Pass the horizon of the whole log when ``joined`` is a slice.
 
     Raises
     ------
@@ -413,7 +434,11 @@ def evaluate_policies(
     )
     targets = [_target(name, item) for name, item in policies.items()]
     traffic = traffic_share(frame)
-    frame, excluded, notes = _select_rows(frame, targets, models)
+    # the same rule as training: feedback may still arrive within the join window of the log's end
+    horizon = feedback_horizon
+    if horizon is None and len(frame):
+        horizon = float(frame["timestamp"].max()) - join_window_s
+    frame, excluded, notes = _select_rows(frame, targets, models, horizon)
     if models is None:
         models = sorted({m for names in frame["eligible_models"] for m in names})
     index = {m: j for j, m in enumerate(models)}

@@ -81,7 +81,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         policies["champion"] = _load_policy_bundle(args.champion, args.tracking_uri)
     joined = join_events(events, args.join_window_s, args.default_quality)
     evaluation = evaluate_policies(
-        joined, policies, n_bootstrap=args.n_bootstrap, seed=args.seed, min_ess=args.min_ess
+        joined,
+        policies,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        min_ess=args.min_ess,
+        join_window_s=args.join_window_s,
     )
     candidate = next((p for p in policies if p != "champion"), None)
     champion = "champion" if args.champion else None
