@@ -36,6 +36,8 @@ def test_invalid_parameters_are_refused() -> None:
         QualitySquareCBPolicy(gamma_scale=-1.0)
     with pytest.raises(PolicyError, match="kappa"):
         QualitySquareCBPolicy(kappa=0.0)
+    with pytest.raises(PolicyError, match="min_outcomes"):
+        QualitySquareCBPolicy(min_outcomes=-1)
 
 
 def test_linear_form_reproduces_the_predictor(small: RoutingDataset, fitted) -> None:
@@ -158,11 +160,23 @@ def test_save_and_load_keep_prior_and_residuals(fitted, tmp_path) -> None:
         Policy.load(tmp_path / "p")
 
 
-def test_cold_policy_decides_before_any_data(fitted) -> None:
+def test_cold_policy_explores_every_model_until_it_has_enough_outcomes(fitted) -> None:
+    """No data: uniform. Once a model has ``min_outcomes`` outcomes it loses its 1/K floor and
+    the trade-off decides; without the rule (``min_outcomes=0``) cost decides from the start."""
     _featurizer, catalogue, x = fitted
-    policy = QualitySquareCBPolicy(reward=RewardSpec(w_cost=1.0, cost_scale=1e-3))
+    spec = RewardSpec(w_cost=1.0, cost_scale=1e-3)
+    policy = QualitySquareCBPolicy(reward=spec, min_outcomes=5)
     actions: list[Action] = catalogue.actions(x[0], 1000.0)
-    pmf = policy.predict_one(x[0], actions)
-    assert np.all(pmf > 0)
+    np.testing.assert_allclose(policy.predict_one(x[0], actions), 1.0 / len(actions))
     cheapest = int(np.argmin([a.expected_cost for a in actions]))
-    assert np.argmax(pmf) == cheapest  # with nothing learned, cost decides
+    dearest = int(np.argmax([a.expected_cost for a in actions]))
+    for k in range(len(actions)):
+        if k != dearest:
+            for _ in range(5):
+                policy.learn_one(x[0], actions, k, 1.0 / len(actions), 0.5)
+    pmf = policy.predict_one(x[0], actions)
+    assert pmf[dearest] == pytest.approx(1.0 / len(actions))  # still unexplored
+    assert np.argmax(pmf) == cheapest
+    greedy = QualitySquareCBPolicy(reward=spec, min_outcomes=0)
+    pmf = greedy.predict_one(x[0], actions)
+    assert np.all(pmf > 0) and np.argmax(pmf) == cheapest

@@ -194,6 +194,7 @@ def quality_policy_curve(
     )
     base = q + policy.residuals(names)[None, :]
     gamma = policy.gamma()
+    unexplored = policy.unexplored(names)
     curve: Curve = []
     for lam in grid:
         cost = quality = 0.0
@@ -201,7 +202,8 @@ def quality_policy_curve(
         rewards = base - weight * expected_cost / cost_scale
         for i in range(data.n_prompts):
             eligible = np.flatnonzero(data.available[i])
-            pmf = igw_pmf(rewards[i, eligible], gamma, policy.epsilon)
+            mask = None if unexplored is None else unexplored[eligible]
+            pmf = igw_pmf(rewards[i, eligible], gamma, policy.epsilon, mask)
             cost += float(pmf @ data.cost[i, eligible])
             quality += float(pmf @ data.quality[i, eligible])
         curve.append((cost / data.n_prompts, quality / data.n_prompts))

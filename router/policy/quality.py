@@ -46,10 +46,13 @@ from router.policy.base import Action, Policy, RewardSpec
 from router.policy.direct import QualityPredictor
 
 
-def igw_pmf(rewards: np.ndarray, gamma: float, epsilon: float) -> np.ndarray:
+def igw_pmf(
+    rewards: np.ndarray, gamma: float, epsilon: float, unexplored: np.ndarray | None = None
+) -> np.ndarray:
     """SquareCB's inverse-gap-weighted pmf over ``rewards`` (higher is better), then the floor
     ``p >= epsilon / K`` by moving mass from the actions above it (as VW's
-    ``enforce_minimum_probability``)."""
+    ``enforce_minimum_probability``). ``unexplored`` actions (a boolean mask) get the floor
+    ``1 / K`` instead: with every action unexplored the pmf is uniform."""
     k = len(rewards)
     if k == 1:
         return np.ones(1)
@@ -57,14 +60,16 @@ def igw_pmf(rewards: np.ndarray, gamma: float, epsilon: float) -> np.ndarray:
     p = 1.0 / (k + gamma * (rewards[best] - rewards))
     p[best] = 0.0
     p[best] = 1.0 - p.sum()
-    floor = epsilon / k
+    floor = np.full(k, epsilon / k)
+    if unexplored is not None:
+        floor[unexplored] = 1.0 / k
     low = p < floor
     if low.any():
-        need = float((floor - p[low]).sum())
+        need = float((floor[low] - p[low]).sum())
         high = ~low
-        excess = p[high] - floor
+        excess = p[high] - floor[high]
         p[high] -= need * excess / excess.sum()
-        p[low] = floor
+        p[low] = floor[low]
     return p
 
 
@@ -79,6 +84,13 @@ class QualitySquareCBPolicy(Policy):
         SquareCB's ``gamma = gamma_scale * t ** gamma_exponent``; larger is greedier.
     kappa : float
         Shrinkage of a model's residual towards 0 (pseudo-count of prior evidence).
+    min_outcomes : int
+        A model with fewer known outcomes (in the data the prior was fitted on, plus those
+        learned since) gets probability >= 1 / K: a cold start explores uniformly until every
+        model has that many (e.g. ``MIN_SAMPLES`` of
+        :class:`~router.policy.direct.QualityPredictor`, enough to fit it); a warm-started
+        policy is unaffected. Off by default: in train-split cross-validation of a cold start
+        with 29 models it lost (experiments/results/routing_value.md).
     estimator, C : the prior quality predictor (see ``QualityPredictor``).
     """
 
@@ -93,6 +105,7 @@ class QualitySquareCBPolicy(Policy):
         gamma_scale: float = 100.0,
         gamma_exponent: float = 0.5,
         kappa: float = 20.0,
+        min_outcomes: int = 0,
         estimator: str = "logistic_cv",
         C: float = 0.1,
     ) -> None:
@@ -105,17 +118,22 @@ class QualitySquareCBPolicy(Policy):
             raise PolicyError(f"gamma_exponent must be in [0, 1], got {gamma_exponent}")
         if not kappa > 0:
             raise PolicyError(f"kappa must be > 0, got {kappa}")
+        if min_outcomes < 0:
+            raise PolicyError(f"min_outcomes must be >= 0, got {min_outcomes}")
         self.epsilon = epsilon
         self.gamma_scale = gamma_scale
         self.gamma_exponent = gamma_exponent
         self.kappa = kappa
+        self.min_outcomes = min_outcomes
         self.estimator = estimator
         self.C = C
         self.predictor: QualityPredictor | None = None
         self.n_prior_ = 0  # prompts behind the prior
+        self.prior_counts_: dict[str, int] = {}  # known outcomes per model behind the prior
         self.residual_sum_: dict[str, float] = {}
         self.residual_count_: dict[str, int] = {}
         self._linear: tuple[np.ndarray, np.ndarray] | None = None
+        self._explored: set[str] = set()  # models known to have >= min_outcomes outcomes
 
     def params(self) -> dict[str, Any]:
         return {
@@ -124,6 +142,7 @@ class QualitySquareCBPolicy(Policy):
             "gamma_scale": self.gamma_scale,
             "gamma_exponent": self.gamma_exponent,
             "kappa": self.kappa,
+            "min_outcomes": self.min_outcomes,
             "estimator": self.estimator,
             "C": self.C,
         }
@@ -140,6 +159,9 @@ class QualitySquareCBPolicy(Policy):
         predictor = QualityPredictor(self.estimator, self.C, self.seed)
         self.predictor = predictor.fit(contexts, [a.model for a in actions], quality)
         self.n_prior_ = len(contexts)
+        counts = np.isfinite(quality).sum(axis=0)
+        self.prior_counts_ = {a.model: int(c) for a, c in zip(actions, counts, strict=True)}
+        self._explored = set()
         self._linear = predictor.linear_form()
         return self
 
@@ -195,13 +217,27 @@ class QualitySquareCBPolicy(Policy):
         t = self.n_prior_ + sum(self.residual_count_.values())
         return self.gamma_scale * max(t, 1) ** self.gamma_exponent
 
+    def unexplored(self, models: Sequence[str]) -> np.ndarray | None:
+        """Which of ``models`` have fewer than ``min_outcomes`` known outcomes (None: none)."""
+        if self.min_outcomes == 0 or self._explored.issuperset(models):
+            return None  # the usual case once warm: one set operation per decision
+        counts = self.prior_counts_
+        learned = self.residual_count_
+        mask = np.array([counts.get(m, 0) + learned.get(m, 0) < self.min_outcomes for m in models])
+        # learning only adds outcomes: a model explored stays explored until the next fit / load
+        self._explored.update(m for m, low in zip(models, mask, strict=True) if not low)
+        return mask if mask.any() else None
+
     def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
-        return igw_pmf(self._rewards(context, actions), self.gamma(), self.epsilon)
+        rewards = self._rewards(context, actions)
+        unexplored = self.unexplored([a.model for a in actions])
+        return igw_pmf(rewards, self.gamma(), self.epsilon, unexplored)
 
     # ---- persistence --------------------------------------------------------------------
     def _save_state(self, path: Path) -> None:
         state = {
             "n_prior": self.n_prior_,
+            "prior_counts": self.prior_counts_,
             "residual_sum": self.residual_sum_,
             "residual_count": self.residual_count_,
         }
@@ -215,6 +251,8 @@ class QualitySquareCBPolicy(Policy):
             raise PolicyError(f"{path}: residuals.json is missing")
         state = json.loads(state_file.read_text())
         self.n_prior_ = int(state["n_prior"])
+        self.prior_counts_ = {str(k): int(v) for k, v in state.get("prior_counts", {}).items()}
+        self._explored = set()
         self.residual_sum_ = {str(k): float(v) for k, v in state["residual_sum"].items()}
         self.residual_count_ = {str(k): int(v) for k, v in state["residual_count"].items()}
         if not all(math.isfinite(v) for v in self.residual_sum_.values()):
