@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
+from features.errors import ConfigError
 from features.featurizer import FeaturizerConfig, RequestFeaturizer
-from router.errors import ConfigError
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Policy, RewardSpec
 from router.policy.baselines import KNNPolicy

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from features.errors import ConfigError
 from router.bundle import PolicyBundle
-from router.errors import ConfigError
 from training.bench.overhead import free_port
 from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset, load_dataset

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from features.errors import ConfigError
 from router.bundle import PolicyBundle
-from router.errors import ConfigError
 from router.policy.base import Policy
 from training import model_registry
 from training.datasets import RoutingDataset

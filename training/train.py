@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from features.errors import DatasetError
 from router.bundle import PolicyBundle
-from router.errors import DatasetError
 from router.events.join import join_events
 from router.events.models import DecisionEvent, Event
 from router.policy.base import Action, Policy, RewardSpec

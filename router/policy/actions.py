@@ -17,7 +17,7 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 
 from features.actions import ACTION_FEATURES as ACTION_FEATURES  # re-exported
-from router.errors import PolicyError
+from features.errors import PolicyError
 from router.policy.base import Action
 
 CATALOGUE_COLUMNS = (

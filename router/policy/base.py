@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from router.errors import PolicyError
+from features.errors import PolicyError
 
 PMF_TOLERANCE = 1e-6
 

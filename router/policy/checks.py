@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from features.actions import ACTION_FEATURES
-from router.errors import PolicyError
+from features.errors import PolicyError
 from router.policy.base import PMF_TOLERANCE, Action, Policy, RewardSpec
 from router.policy.registry import get_policy_class
 

@@ -21,7 +21,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from router.errors import PolicyError
+from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 
 ESTIMATORS = ("logistic_cv", "logistic", "lgbm")

@@ -41,7 +41,7 @@ from typing import Any
 import joblib
 import numpy as np
 
-from router.errors import PolicyError
+from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.direct import QualityPredictor
 

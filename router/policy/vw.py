@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from vowpalwabbit import Workspace
 
-from router.errors import PolicyError
+from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.vw_scorer import ExactScorer
 from router.policy.vw_text import action_line, context_line, example_lines
