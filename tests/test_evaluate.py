@@ -31,12 +31,8 @@ from router.policy.base import RewardSpec, greedy_pmf
 from router.policy.direct import DirectPolicy
 from training.datasets import RoutingDataset
 from training.evaluation import Reference
-from training.ope_logged import (
-    PolicyEvaluation,
-    evaluate_policies,
-    rebuild_actions,
-    traffic_share,
-)
+from training.ope_logged import PolicyEvaluation, evaluate_policies
+from training.ope_rows import rebuild_actions, traffic_share
 from training.reward_model import RewardModel
 
 # six models from cheap and weak to expensive and strong, as a small gateway config would list

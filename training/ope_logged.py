@@ -15,7 +15,7 @@ cost and latency separately, and q̂ of a reward is the same linear combination,
 reward is exactly the combination of the DRs of its parts. Baselines use the reference spec
 (the first policy's, or ``reward_spec``); policies with another spec are flagged in ``notes``.
 
-Rebuilt actions. Logged action features are each model's static features
+Rebuilt actions (:mod:`training.ope_rows`). Logged action features are each model's static features
 (:data:`router.policy.actions.ACTION_FEATURES`: log prices, TTFT, speed, context window). The
 expected cost and latency a policy saw are rebuilt from them with the policy's own
 output-length model (its bundle's catalogue) and the request's input tokens (the outcome's
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -45,10 +44,11 @@ from features.errors import DatasetError, PolicyError
 from router.bundle import PolicyBundle
 from router.events.join import join_events
 from router.events.models import Event
-from router.policy.actions import ACTION_FEATURES, ActionCatalogue
+from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, RewardSpec
 from training import ope
 from training.ope_intervals import bootstrap_means, gaussian_interval
+from training.ope_rows import fill_tokens, rebuild_actions, scatter, select_rows, traffic_share
 from training.reward_model import RewardModel
 
 logger = logging.getLogger(__name__)
@@ -183,153 +183,11 @@ def _target(name: str, item: Any) -> _Target:
     return _Target(name, "policy", item, None, None, getattr(item, "reward", None))
 
 
-# ---- rebuilt actions --------------------------------------------------------------------------
-def rebuild_actions(
-    context: np.ndarray,
-    models: Sequence[str],
-    action_features: Sequence[Sequence[float]],
-    input_tokens: float,
-    catalogue: ActionCatalogue | None,
-    default_output_tokens: float,
-) -> list[Action]:
-    """The :class:`Action` objects of one logged decision, as the policy would have built them.
-
-    Prices, TTFT and speed come from the logged action features (inverse of the transforms in
-    :class:`ActionCatalogue`); output tokens from ``catalogue``'s output-length model when it
-    knows the model and the context has its width, else ``default_output_tokens``.
-    """
-    f = np.asarray(action_features, dtype=float)
-    if f.ndim != 2 or f.shape[1] != len(ACTION_FEATURES):
-        raise DatasetError(
-            f"action_features: expected {len(ACTION_FEATURES)} columns {ACTION_FEATURES}, "
-            f"got shape {f.shape}"
-        )
-    col = {name: j for j, name in enumerate(ACTION_FEATURES)}
-    price_in = np.expm1(f[:, col["log_usd_in"]]) / 1e6
-    price_out = np.expm1(f[:, col["log_usd_out"]]) / 1e6
-    ttft = np.exp(f[:, col["log_ttft"]]) - 1.0
-    speed = np.exp(f[:, col["log_speed"]])
-    out_tokens = np.full(len(models), float(default_output_tokens))
-    coef = getattr(catalogue, "token_coef_", None)
-    if catalogue is not None and coef is not None and coef.shape[0] == len(context):
-        predicted = catalogue.expected_output_tokens(context)
-        for j, name in enumerate(models):
-            if name in catalogue.index:
-                out_tokens[j] = predicted[catalogue.index[name]]
-    cost = input_tokens * price_in + out_tokens * price_out
-    latency = ttft + out_tokens / speed * 1000.0
-    return [
-        Action(
-            model=m,
-            features=f[j],
-            expected_cost=float(cost[j]),
-            expected_latency_ms=float(latency[j]),
-        )
-        for j, m in enumerate(models)
-    ]
-
-
-# ---- data preparation -------------------------------------------------------------------------
-def traffic_share(frame: pd.DataFrame, bucket: str | None = None) -> pd.DataFrame:
-    """Share of decisions per chosen model per time bucket (rows sum to 1).
-
-    ``bucket`` is a pandas frequency; default: the smallest of 1min .. 1D giving <= 48 buckets.
-    """
-    if frame.empty:
-        return pd.DataFrame()
-    times = pd.to_datetime(frame["timestamp"].to_numpy(float), unit="s", utc=True)
-    if bucket is None:
-        span = (times.max() - times.min()).total_seconds()
-        choices = (("1min", 60), ("5min", 300), ("15min", 900), ("1h", 3600), ("6h", 21600))
-        bucket = next((name for name, s in choices if span / s <= 48), "1D")
-    counts = pd.crosstab(times.floor(bucket), frame["chosen_model"].to_numpy())
-    share = counts.div(counts.sum(axis=1), axis=0)
-    share.index.name, share.columns.name = "time", "model"
-    share.attrs["bucket"] = bucket
-    return share
-
-
-def _select_rows(
-    frame: pd.DataFrame,
-    targets: list[_Target],
-    models: list[str] | None,
-    feedback_horizon: float | None = None,
-) -> tuple[pd.DataFrame, dict[str, int], list[str]]:
-    """The learnable rows with an outcome and the policies' feature version; counts the rest.
-
-    ``feedback_horizon``: a decision after it without quality feedback may still be rated (it
-    is within the join window of the log's last decision): it is left out, as
-    ``training.train.select_learnable`` leaves it out of training, rather than counted as an
-    unrated answer (``default_quality``)."""
-    excluded: dict[str, int] = {}
-    notes: list[str] = []
-
-    def drop(mask: np.ndarray, reason: str, note: str) -> None:
-        nonlocal frame
-        count = int(mask.sum())
-        if count:
-            excluded[reason] = excluded.get(reason, 0) + count
-            notes.append(f"{count} decision(s) excluded: {note}")
-            frame = frame[~mask]
-
-    drop(~frame["learnable"].to_numpy(bool), "not_learnable", "a rule overrode the policy (p=1)")
-    drop(~frame["has_outcome"].to_numpy(bool), "no_outcome", "no outcome within the join window")
-    if feedback_horizon is not None:
-        pending = frame["quality_imputed"].to_numpy(bool) & (
-            frame["timestamp"].to_numpy(float) > feedback_horizon
-        )
-        drop(
-            pending,
-            "pending_feedback",
-            "no quality feedback yet, but still within the join window of the log's end",
-        )
-    values = frame[["quality", "cost_usd", "latency_ms"]].to_numpy(float)
-    drop(~np.isfinite(values).all(axis=1), "missing_outcome_values", "non-finite quality/cost")
-    versions = {t.feature_version for t in targets if t.feature_version is not None}
-    if len(versions) > 1:
-        detail = {t.name: t.feature_version for t in targets if t.feature_version}
-        raise PolicyError(
-            f"policies use different feature versions {detail}: the logged context features "
-            "can only be read by one of them; evaluate them on logs of their own featurizer"
-        )
-    logged = Counter(frame["feature_version"])
-    wanted = versions.pop() if versions else (logged.most_common(1)[0][0] if logged else None)
-    other = sorted(v for v in logged if v != wanted)
-    drop(
-        (frame["feature_version"] != wanted).to_numpy(),
-        "feature_version_mismatch",
-        f"logged with feature version(s) {other}, the policies need {wanted!r}",
-    )
-    if models is not None:
-        known = set(models)
-        outside = np.array([not set(names) <= known for names in frame["eligible_models"]], bool)
-        drop(outside, "model_outside_list", f"an eligible model is not in models={models}")
-    if frame.empty:
-        raise DatasetError(
-            "no logged decision is left to evaluate: " + ("; ".join(notes) or "the log is empty")
-        )
-    return frame.reset_index(drop=True), excluded, notes
-
-
-def _scatter(frame: pd.DataFrame, index: dict[str, int], values: Iterable[Any]) -> np.ndarray:
-    """Per-row pmfs over each row's eligible models -> ``(n, K)`` over the full model list."""
-    out = np.zeros((len(frame), len(index)))
-    for i, (names, pmf) in enumerate(zip(frame["eligible_models"], values, strict=True)):
-        out[i, [index[m] for m in names]] = pmf
-    return out
-
-
-def _fill(values: np.ndarray) -> np.ndarray:
-    """Non-positive or NaN token counts replaced by the median of the reported ones (or 0)."""
-    ok = np.isfinite(values) & (values > 0)
-    return np.where(ok, values, float(np.median(values[ok])) if ok.any() else 0.0)
-
-
 def _policy_pmfs(
     frame: pd.DataFrame, target: _Target, catalogue: ActionCatalogue | None, index: dict[str, int]
 ) -> np.ndarray:
-    tokens = _fill(frame["input_tokens"].to_numpy(float))  # 0: the upstream did not report
-    default_tokens = float(np.median(_fill(frame["output_tokens"].to_numpy(float))))
+    tokens = fill_tokens(frame["input_tokens"].to_numpy(float))  # 0: the upstream did not report
+    default_tokens = float(np.median(fill_tokens(frame["output_tokens"].to_numpy(float))))
     pmfs = []
     columns = zip(
         frame["eligible_models"].tolist(),
@@ -357,7 +215,7 @@ def _policy_pmfs(
             continue
         assert target.policy is not None
         pmfs.append(target.policy.predict_one(context, actions))
-    return _scatter(frame, index, pmfs)
+    return scatter(frame, index, pmfs)
 
 
 def _outcome_models(
@@ -438,7 +296,8 @@ def evaluate_policies(
     horizon = feedback_horizon
     if horizon is None and len(frame):
         horizon = float(frame["timestamp"].max()) - join_window_s
-    frame, excluded, notes = _select_rows(frame, targets, models, horizon)
+    versions = {t.name: t.feature_version for t in targets}
+    frame, excluded, notes = select_rows(frame, versions, models, horizon)
     if models is None:
         models = sorted({m for names in frame["eligible_models"] for m in names})
     index = {m: j for j, m in enumerate(models)}
@@ -485,7 +344,7 @@ def evaluate_policies(
 
     action = np.array([index[m] for m in frame["chosen_model"]])
     pscore = frame["chosen_probability"].to_numpy(float)
-    logged_pmf = _scatter(frame, index, frame["probabilities"])
+    logged_pmf = scatter(frame, index, frame["probabilities"])
     rows: list[pd.DataFrame] = []
     diagnostics: dict[str, dict[str, Any]] = {}
     terms: dict[tuple[str, str], pd.DataFrame] = {}

@@ -184,15 +184,8 @@ def quality_policy_curve(
 
     The policy's quality model does not depend on the trade-off, so one learned policy gives the
     whole curve (a profile's weights apply at decision time)."""
-    assert policy.predictor is not None
-    q_all = policy.quality_all(contexts)
-    index = policy.predictor.index_
-    fallback = float(policy.predictor.prior_.mean())
     names = data.model_names
-    q = np.column_stack(
-        [q_all[:, index[m]] if m in index else np.full(len(q_all), fallback) for m in names]
-    )
-    base = q + policy.residuals(names)[None, :]
+    base = policy.quality(contexts, names) + policy.residuals(names)[None, :]
     gamma = policy.gamma()
     unexplored = policy.unexplored(names)
     curve: Curve = []

@@ -179,15 +179,22 @@ class QualitySquareCBPolicy(Policy):
         self.residual_count_[model] = self.residual_count_.get(model, 0) + 1
 
     # ---- deciding -----------------------------------------------------------------------
-    def quality_all(self, contexts: np.ndarray) -> np.ndarray:
-        """Prior predicted quality of every known model, shape (n, n_models), in
-        ``predictor.models_`` order."""
+    def quality(self, contexts: np.ndarray, models: Sequence[str]) -> np.ndarray:
+        """Prior predicted quality of ``models`` on each context, shape (n, len(models)): the
+        prior's mean for a model it never saw, 0.5 for every model before any fit."""
         if self.predictor is None:
-            raise PolicyError(f"{self.name}: no quality model: fit() it on labelled data first")
+            return np.full((len(contexts), len(models)), 0.5)
         if self._linear is not None:
             w, b = self._linear
-            return 1.0 / (1.0 + np.exp(-(contexts @ w + b)))
-        return self.predictor.predict(contexts)
+            q_all = 1.0 / (1.0 + np.exp(-(contexts @ w + b)))
+        else:
+            q_all = self.predictor.predict(contexts)
+        index = self.predictor.index_
+        if all(m in index for m in models):
+            return q_all[:, [index[m] for m in models]]
+        fallback = float(self.predictor.prior_.mean())  # a model the prior never saw
+        q_all = np.hstack([q_all, np.full((len(contexts), 1), fallback)])
+        return q_all[:, [index.get(m, -1) for m in models]]
 
     def residuals(self, models: Sequence[str]) -> np.ndarray:
         """Each model's learned residual ``b_m`` (0 for a model never chosen)."""
@@ -203,14 +210,7 @@ class QualitySquareCBPolicy(Policy):
         return self._prior_rewards(context, actions) + self.residuals([a.model for a in actions])
 
     def _prior_rewards(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
-        models = [a.model for a in actions]
-        if self.predictor is None:  # cold start: rewards are the residuals alone
-            q = np.full(len(actions), 0.5)
-        else:
-            q_all = self.quality_all(context[None, :])[0]
-            index = self.predictor.index_
-            fallback = float(self.predictor.prior_.mean())  # a model the prior never saw
-            q = np.array([q_all[index[m]] if m in index else fallback for m in models])
+        q = self.quality(context[None, :], [a.model for a in actions])[0]
         return self.reward.expected(q, actions)
 
     def gamma(self) -> float:
