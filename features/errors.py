@@ -83,10 +83,13 @@ class OverloadedError(PolyrouteError):
 class UpstreamError(PolyrouteError):
     """An upstream call failed: connection, timeout or a 5xx answer (worth a fallback)."""
 
-    def __init__(self, model: str, kind: str, detail: str) -> None:
+    def __init__(
+        self, model: str, kind: str, detail: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"{model}: {kind}: {detail}")
         self.model = model
         self.kind = kind
+        self.retry_after_s = retry_after_s  # the upstream's Retry-After, when it sent one
 
 
 class RequestError(PolyrouteError, ValueError):
@@ -109,6 +112,15 @@ class NoEligibleModelError(RequestError):
     """No model may serve the request under its rules."""
 
 
+class ModelsUnavailableError(NoEligibleModelError):
+    """Every model the request may use has its circuit open: not the caller's fault; retry
+    after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 __all__ = [
     "AuthError",
     "BodyTooLargeError",
@@ -118,6 +130,7 @@ __all__ = [
     "EventLogFullError",
     "FaultError",
     "FeaturizerError",
+    "ModelsUnavailableError",
     "NoEligibleModelError",
     "NotFittedError",
     "NotFoundError",

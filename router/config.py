@@ -69,11 +69,13 @@ class ModelConfig(_Strict):
     instances: list[InstanceConfig] = Field(default_factory=list)
     usd_per_mtok_in: NonNegativeFloat
     usd_per_mtok_out: NonNegativeFloat
-    ttft_ms: NonNegativeFloat = 300.0
-    tokens_per_s: PositiveFloat = 60.0
+    # the decision's latency prediction, ttft_ms + output tokens / tokens_per_s; unset: the
+    # policy bundle's figures for the model (from its training data's models.csv)
+    ttft_ms: NonNegativeFloat | None = None
+    tokens_per_s: PositiveFloat | None = None
     context_tokens: Annotated[int, Field(gt=0)] = 8192
     tags: frozenset[str] = frozenset()
-    version: str = "1"
+    version: str = "1"  # sent back in x-polyroute-model-version and listed by /v1/models
 
     def endpoints(self) -> list[InstanceConfig]:
         """The instances, or the provider's URL as the single instance."""
@@ -81,10 +83,15 @@ class ModelConfig(_Strict):
 
 
 class ProfileConfig(_Strict):
-    """A routing profile: reward weights and the models it may use (all when empty)."""
+    """A routing profile: reward weights and the models it may use (all when empty).
 
-    w_cost: NonNegativeFloat = 0.0
-    w_latency: NonNegativeFloat = 0.0
+    ``w_cost`` / ``w_latency`` apply at decision time (policies that score quality, cost and
+    latency separately: ``squarecb_quality``, ``direct``); unset, the serving bundle's own reward
+    spec applies. A policy that bakes its weights in (VW) refuses a profile that sets others.
+    """
+
+    w_cost: NonNegativeFloat | None = None
+    w_latency: NonNegativeFloat | None = None
     models: list[str] = Field(default_factory=list)
 
 
@@ -105,9 +112,40 @@ class DataClassConfig(_Strict):
 
 
 class TimeoutConfig(_Strict):
+    """Per attempt: ``connect_s`` and ``read_s`` (between bytes); per request: ``total_s``, the
+    deadline of all attempts together (retries and fallbacks included)."""
+
     connect_s: PositiveFloat = 2.0
     read_s: PositiveFloat = 60.0
     total_s: PositiveFloat = 120.0
+
+
+class BreakerConfig(_Strict):
+    """A circuit breaker (per model and per instance, ``router.health``)."""
+
+    window_s: PositiveFloat = 10.0  # the error rate is counted over this sliding window
+    min_requests: Annotated[int, Field(ge=1)] = 5  # calls in the window before the rate counts
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    open_s: PositiveFloat = 5.0  # first open period; doubles on each failed probe
+    max_open_s: PositiveFloat = 60.0
+    half_open_probes: Annotated[int, Field(ge=1)] = 1  # calls at once while half-open
+
+
+class ResilienceConfig(_Strict):
+    """Retries, fallbacks, breakers, balancing and live latency (``router.health``)."""
+
+    # calls per request over instances and models (1: no retry, no fallback)
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2  # retries per request, at most
+    retry_budget_min_per_s: NonNegativeFloat = 5.0  # retries always allowed per second
+    balancing: Literal["p2c", "round_robin"] = "p2c"
+    breaker: BreakerConfig = BreakerConfig()
+    # a model whose observed/expected latency exceeds this multiple of its peers' is ejected
+    # like a failing one (None: never; the latency term still moves traffic away)
+    slow_ratio: Annotated[float, Field(gt=1)] | None = 5.0
+    slow_min_calls: Annotated[int, Field(ge=1)] = 10  # calls before a model's latency counts
+    ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.2
 
 
 class EventsConfig(_Strict):
@@ -162,6 +200,7 @@ class RouterConfig(_Strict):
     data_classes: dict[str, DataClassConfig] = Field(default_factory=dict)
     fallback: list[str] = Field(default_factory=list)
     timeouts: TimeoutConfig = TimeoutConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
     events: EventsConfig = EventsConfig()
     policy_bundle: str | None = None
     policy: PolicyConfig | None = None  # None: serve the given bundle, no reloading

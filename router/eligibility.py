@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from features.errors import NoEligibleModelError, RequestError
+from features.errors import ModelsUnavailableError, NoEligibleModelError, RequestError
 from router.config import RouterConfig
+
+UNHEALTHY = "unhealthy (circuit open)"
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ class EligibilityRules:
                 {name for name, window in self._windows if window >= needed},
             )
         if unhealthy:
-            keep("unhealthy (circuit open)", {m for m in candidates if m not in set(unhealthy)})
+            keep(UNHEALTHY, {m for m in candidates if m not in unhealthy})
         if hints.max_cost_usd is not None and expected_cost is not None:
             limit = hints.max_cost_usd
             keep(
@@ -135,5 +137,9 @@ class EligibilityRules:
             )
         if not candidates:
             reasons = "; ".join(f"{rule}: removed {models}" for rule, models in removed.items())
+            if UNHEALTHY in removed:  # the rules allowed some: only their health stops them
+                raise ModelsUnavailableError(
+                    f"every model this request may use is unavailable ({reasons}); retry shortly"
+                )
             raise NoEligibleModelError(f"no model may serve this request ({reasons})")
         return Eligibility(list(candidates), removed)

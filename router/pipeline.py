@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.errors import ConfigError
+from features.errors import ConfigError, PolicyError
 from router.bundle import PolicyBundle
 from router.config import RouterConfig
 from router.eligibility import EligibilityRules, RequestHints
+from router.policy.base import Policy, RewardSpec
 
 
 def sample_index(pmf: np.ndarray, rng: np.random.Generator) -> int:
@@ -51,6 +52,7 @@ class Decision:
     expected_cost_usd: float
     expected_latency_ms: float
     removed: dict[str, list[str]]
+    reward: RewardSpec  # the weights the policy decided under (the request's profile)
     decide_ns: int
     # nanoseconds per stage of decide_ns, in the order of STAGES: features, cost model,
     # eligibility, policy (the actions and their pmf), sampling (with the decision id)
@@ -86,6 +88,32 @@ class DecisionEngine:
         self._price_in[self._columns] = [m.usd_per_mtok_in / 1e6 for m in config.models]
         self._price_out[self._columns] = [m.usd_per_mtok_out / 1e6 for m in config.models]
         self._rules = EligibilityRules(config)
+        # latency = ttft + output tokens / speed, with the config's figures where it sets them
+        self._ttft = catalogue.ttft_ms.copy()
+        self._speed = catalogue.tokens_per_s.copy()
+        for m, column in zip(config.models, self._columns, strict=True):
+            if m.ttft_ms is not None:
+                self._ttft[column] = m.ttft_ms
+            if m.tokens_per_s is not None:
+                self._speed[column] = m.tokens_per_s
+        # each profile's view of the policy, deciding under the profile's reward weights
+        self._policies: dict[str, Policy] = {}
+        for name, profile in config.profiles.items():
+            base = bundle.reward
+            spec = RewardSpec(
+                w_cost=base.w_cost if profile.w_cost is None else profile.w_cost,
+                w_latency=base.w_latency if profile.w_latency is None else profile.w_latency,
+                cost_scale=base.cost_scale,
+                latency_scale=base.latency_scale,
+            )
+            try:
+                self._policies[name] = bundle.policy.with_reward(spec)
+            except PolicyError as exc:
+                raise ConfigError(
+                    f"profiles.{name}: w_cost / w_latency differ from the bundle's, and {exc}; "
+                    "leave them unset or serve a policy that applies weights at decision time "
+                    "(squarecb_quality, direct)"
+                ) from exc
 
     def decide(
         self,
@@ -96,7 +124,11 @@ class DecisionEngine:
         hints: RequestHints,
         tenant_data_classes: Collection[str] | None = None,
         unhealthy: Collection[str] = (),
+        latency_factors: np.ndarray | None = None,
     ) -> Decision:
+        """Decide one request. ``unhealthy``: models whose circuit is open (not eligible);
+        ``latency_factors``: per config model, how much slower than predicted each runs now
+        (``router.health``), applied to the latency predictions before the policy scores."""
         clock = time.perf_counter_ns
         start = clock()
         bundle = self.bundle
@@ -104,7 +136,10 @@ class DecisionEngine:
         context = bundle.featurizer.transform_one(text, n_turns)
         t_features = clock()
         out_tokens = catalogue.expected_output_tokens(context)
-        latency_all = catalogue.expected_latency(context, out_tokens)
+        latency_all = self._ttft + out_tokens / self._speed * 1000.0  # as the catalogue's
+        if latency_factors is not None:
+            latency_all = latency_all.copy()
+            latency_all[self._columns] *= latency_factors
         # expected cost per catalogue column, at the config's prices
         cost_all = input_tokens * self._price_in + out_tokens * self._price_out
         t_cost = clock()
@@ -125,7 +160,8 @@ class DecisionEngine:
         names = eligibility.models
         t_eligibility = clock()
         actions = catalogue.actions_with_costs(cost_all, latency_all, names)
-        pmf = bundle.policy.predict_one(context, actions)
+        policy = self._policies.get(hints.profile, bundle.policy)
+        pmf = policy.predict_one(context, actions)
         t_policy = clock()
         k = sample_index(pmf, self._rng)
         chosen = actions[k]
@@ -144,6 +180,7 @@ class DecisionEngine:
             expected_cost_usd=chosen.expected_cost,
             expected_latency_ms=chosen.expected_latency_ms,
             removed=eligibility.removed,
+            reward=policy.reward,
             decide_ns=end - start,
             stages_ns=(
                 t_features - start,

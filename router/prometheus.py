@@ -63,6 +63,18 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.circuit_state = Gauge(
+            "polyroute_circuit_state",
+            "Each model's circuit breaker: 0 closed, 1 half-open, 2 open",
+            ["model"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "polyroute_circuit_transitions",
+            "Breaker state changes, by model and the model's new state",
+            ["model", "state"],
+            registry=r,
+        )
         self.usage_estimated = Counter(
             "polyroute_usage_estimated",
             "Streamed outcomes whose tokens and cost were estimated (the upstream sent no usage)",

@@ -1,11 +1,12 @@
-"""Calls to OpenAI-compatible upstreams (httpx, pooled connections, timeouts) and the choice of
-instance (weighted round robin over a model's instances).
+"""Calls to OpenAI-compatible upstreams (httpx, pooled connections, timeouts); the choice of
+instance and the breakers live in :mod:`router.health`.
 """
 
 from __future__ import annotations
 
-import itertools
+import email.utils
 import json
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,24 +28,20 @@ class UpstreamReply:
     content: bytes = b""  # the body as the upstream sent it (decoded), relayed unchanged
 
 
-class InstancePicker:
-    """Smooth weighted round robin (as nginx) over a model's instances; no shared state needed
-    beyond this process, so no library is worth its dependency here."""
-
-    def __init__(self, model: ModelConfig) -> None:
-        self._urls = [i.base_url for i in model.endpoints()]
-        weights = [i.weight for i in model.endpoints()]
-        total = sum(weights)
-        # expand to a short cycle proportional to the weights (weights are small numbers)
-        slots = [
-            u
-            for u, w in zip(self._urls, weights, strict=True)
-            for _ in range(max(1, round(10 * w / total)))
-        ]
-        self._cycle = itertools.cycle(slots)
-
-    def next(self) -> str:
-        return next(self._cycle)
+def retry_after(headers: httpx.Headers) -> float | None:
+    """An upstream's ``Retry-After`` in seconds (delay-seconds or an HTTP date), else None."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
@@ -133,7 +130,12 @@ class UpstreamClient:
         except httpx.HTTPError as exc:
             raise UpstreamError(model.name, "connection", str(exc) or type(exc).__name__) from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise UpstreamError(model.name, f"http_{response.status_code}", response.text[:200])
+            raise UpstreamError(
+                model.name,
+                f"http_{response.status_code}",
+                response.text[:200],
+                retry_after(response.headers),
+            )
         try:
             data = response.json()
         except ValueError as exc:
@@ -152,7 +154,12 @@ class UpstreamClient:
             raise UpstreamError(model.name, "connection", str(exc) or type(exc).__name__) from exc
         if response.status_code >= 500 or response.status_code == 429:
             await response.aclose()
-            raise UpstreamError(model.name, f"http_{response.status_code}", "stream refused")
+            raise UpstreamError(
+                model.name,
+                f"http_{response.status_code}",
+                "stream refused",
+                retry_after(response.headers),
+            )
         return response
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from fakes import USAGE, ListSink, completion
 from fastapi.testclient import TestClient
 from loopback import serving
 
@@ -23,22 +24,6 @@ from router.config import RouterConfig, load_config
 from router.events.models import Event
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
-
-
-class ListSink:
-    """Collects events in memory (the file and PostgreSQL sinks are tested on their own)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e.to_dict() for e in self.events if e.kind == kind]
-
-
-USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
 
 
 class FakeUpstream:
@@ -77,20 +62,7 @@ class FakeUpstream:
                                   headers={"content-type": "text/event-stream"})  # fmt: skip
         return httpx.Response(
             200,
-            json={
-                "id": "c1",
-                "object": "chat.completion",
-                "created": 1,
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": text},
-                    }
-                ],
-                "usage": USAGE,
-            },
+            json=completion(model, text),
             headers={"x-replay-score": "1.0"},
         )
 

@@ -148,7 +148,13 @@ def test_decisions_equal_the_reference_path(
 ) -> None:
     """Same pmfs (bit for bit), same sampled choices, costs and removals as the reference path
     (for VW: its text-format predict, which the exact fast path must reproduce)."""
-    bundle = vw_bundle if policy == "vw_squarecb" else bundle
+    if policy == "vw_squarecb":  # VW learned its weights: profiles may not set others
+        bundle = vw_bundle
+        profiles = {
+            name: p.model_copy(update={"w_cost": None, "w_latency": None})
+            for name, p in config.profiles.items()
+        }
+        config = config.model_copy(update={"profiles": profiles})
     engine = DecisionEngine(config, bundle, seed=3)
     rng = np.random.default_rng(3)
     hint_sets = [

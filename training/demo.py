@@ -225,7 +225,8 @@ def _gateway_config(replay_url: str, tracking_uri: str, events_dir: Path, models
         model["provider"]["base_url"] = replay_url
     raw["tenants"] = []
     raw["events"]["directory"] = str(events_dir)
-    raw["profiles"]["demo"] = {"w_cost": 0.2, "w_latency": 0.0, "models": models}
+    # the champion's own reward weights (a VW champion cannot decide under others)
+    raw["profiles"] = {"default": {}, "demo": {"models": models}}
     raw["policy"] = {
         "registry": {"tracking_uri": tracking_uri, "alias": "champion"},
         "poll_s": 0.5,

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import DatasetError, PolicyError
+from router.events.join import charge_failures
 from router.policy.actions import ACTION_FEATURES, ActionCatalogue
 from router.policy.base import Action
 
@@ -109,6 +110,14 @@ def select_rows(
             notes.append(f"{count} decision(s) excluded: {note}")
             frame = frame[~mask]
 
+    # as training: a failed choice answered by a fallback is the chosen model's failure
+    frame, unattributed = charge_failures(frame)
+    if unattributed:
+        excluded["fallback_unattributed"] = unattributed
+        notes.append(
+            f"{unattributed} decision(s) excluded: a fallback answered, and the log has no chain "
+            "of attempts to charge the chosen model's failure to"
+        )
     drop(~frame["learnable"].to_numpy(bool), "not_learnable", "a rule overrode the policy (p=1)")
     drop(~frame["has_outcome"].to_numpy(bool), "no_outcome", "no outcome within the join window")
     if feedback_horizon is not None:

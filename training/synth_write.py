@@ -80,7 +80,7 @@ def write_jsonl(
                 f'{{"kind":"outcome","event_id":"{f_id[i]}","timestamp":{f_ts[i]!r},'
                 f'"cost_usd":{f_cost[i]!r},"latency_ms":{f_latency[i]!r},'
                 f'"input_tokens":{int(f_in[i])},"output_tokens":{int(f_out[i])},'
-                '"error_class":null,"fallback_used":false,"quality":null}'
+                '"error_class":null,"fallback_used":false,"quality":null,"attempts":null}'
             )
         else:
             lines.append(

@@ -46,7 +46,7 @@ import pandas as pd
 
 from features.errors import DatasetError
 from router.bundle import PolicyBundle
-from router.events.join import join_events
+from router.events.join import charge_failures, join_events
 from router.events.models import DecisionEvent, Event
 from router.policy.base import Action, Policy, RewardSpec
 
@@ -158,11 +158,14 @@ def select_learnable(
     """
     known = set(models)
     excluded: dict[str, int] = {}
+    # a failed choice answered by a fallback is charged to the decision that chose it
+    joined, unattributed = charge_failures(joined)
+    if unattributed:
+        excluded["fallback_unattributed"] = unattributed
     keep = pd.Series(True, index=joined.index)
     pending = pd.Series(False, index=joined.index)
     if feedback_horizon is not None:
         pending = joined["quality_imputed"].astype(bool) & (joined["timestamp"] > feedback_horizon)
-    fallback = joined["fallback_used"].eq(True)  # None (no outcome) counts as no fallback
     reasons = [
         ("rule_override", ~joined["learnable"].astype(bool)),
         ("no_outcome", ~joined["has_outcome"].astype(bool)),
@@ -171,8 +174,6 @@ def select_learnable(
             "unknown_model",
             ~joined["eligible_models"].map(lambda names: set(names) <= known).astype(bool),
         ),
-        # the outcome (and any rating) belongs to the fallback model, not the logged choice
-        ("fallback_used", fallback),
         ("pending_feedback", pending),
     ]
     for reason, mask in reasons:

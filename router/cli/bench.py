@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -172,6 +173,31 @@ def _bench_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_chaos(args: argparse.Namespace) -> int:
+    from training.bench.chaos import SCENARIOS, chaos_table, run_chaos
+    from training.datasets import load_dataset
+
+    scenarios = tuple(args.scenarios.split(",")) if args.scenarios else SCENARIOS
+    prompts = load_dataset("bundled").split("test").prompts["prompt"].tolist()
+    rows = run_chaos(
+        args.config,
+        args.bundle,
+        prompts,
+        args.rate,
+        args.seconds,
+        Path(args.workdir),
+        scenarios,
+        args.base_delay_ms,
+    )
+    table = chaos_table(rows)
+    print(table)
+    if args.out:
+        command = " ".join(["polyroute", *sys.argv[1:]])
+        Path(args.out).write_text(f"Command: `{command}`\n\n{table}\n")
+        Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
 def _summarize(args: argparse.Namespace) -> int:
     from training.report_table import markdown_table
 
@@ -271,6 +297,25 @@ def add_commands(sub: Any) -> None:
     )
     overhead.add_argument("--jsonl", help="also append the rows to this file")
     overhead.set_defaults(func=_bench_overhead)
+
+    chaos = sub.add_parser(
+        "bench-chaos", help="injected faults and a killed worker at a fixed rate (chaos results)"
+    )
+    chaos.add_argument("--config", default=str(EXAMPLE_CONFIG), help="router YAML config")
+    chaos.add_argument("--bundle", default=".polyroute/bundle", help="policy bundle directory")
+    chaos.add_argument("--rate", type=float, default=200.0, help="requests/s (default 200)")
+    chaos.add_argument("--seconds", type=float, default=15.0, help="per scenario (default 15)")
+    chaos.add_argument("--scenarios", default="", help="comma-separated subset (default: all six)")
+    chaos.add_argument(
+        "--base-delay-ms", type=float, default=20.0, help="healthy upstream latency (default 20)"
+    )
+    chaos.add_argument(
+        "--workdir",
+        default=".polyroute/chaos",
+        help="configs and events (default .polyroute/chaos)",
+    )
+    chaos.add_argument("--out", help="write the table (.md) and rows (.json) here")
+    chaos.set_defaults(func=_bench_chaos)
 
     summary = sub.add_parser("summarize", help="benchmark JSON files as Markdown tables")
     summary.add_argument("json", nargs="+", help="benchmark result JSON files")

@@ -162,6 +162,8 @@ def join_events(
                 "output_tokens": o.output_tokens if o else float("nan"),
                 "error_class": o.error_class if o else None,
                 "fallback_used": o.fallback_used if o else None,
+                "chosen_error_class": o.attempts[0].error_class if o and o.attempts else None,
+                "chosen_latency_ms": o.attempts[0].latency_ms if o and o.attempts else float("nan"),
                 "quality": row.quality,
                 "quality_imputed": row.quality_imputed,
                 "n_feedback": row.n_feedback,
@@ -172,6 +174,34 @@ def join_events(
     frame.attrs["n_late"] = result.n_late
     frame.attrs["n_orphans"] = result.n_orphans
     return frame
+
+
+def charge_failures(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The joined rows as outcomes *of the chosen model*, for learning and evaluation.
+
+    When the chosen model failed and a fallback answered, the row's outcome (and any rating) is
+    the fallback's; the decision that chose the failing model is charged its failure instead:
+    quality 0 (as any failed call), no cost, the failed call's latency (``attempts[0]`` of the
+    outcome). Rows with a fallback but no chain of attempts (logs from before it was recorded)
+    cannot be attributed: they are dropped and counted. Returns the rows and that count.
+    """
+    if "chosen_error_class" not in frame.columns:
+        frame = frame.assign(chosen_error_class=None, chosen_latency_ms=float("nan"))
+    fallback = frame["fallback_used"].eq(True).to_numpy()
+    if not fallback.any():
+        return frame, 0
+    chained = frame["chosen_error_class"].notna().to_numpy()
+    unattributed = fallback & ~chained
+    charged = fallback & chained
+    frame = frame.copy()
+    if charged.any():
+        rows = frame.index[charged]
+        frame.loc[rows, "quality"] = 0.0
+        frame.loc[rows, "quality_imputed"] = False
+        frame.loc[rows, "cost_usd"] = 0.0
+        frame.loc[rows, "latency_ms"] = frame.loc[rows, "chosen_latency_ms"]
+        frame.loc[rows, "error_class"] = frame.loc[rows, "chosen_error_class"]
+    return frame.loc[~unattributed], int(unattributed.sum())
 
 
 _COLUMNS = [
@@ -198,6 +228,8 @@ _COLUMNS = [
     "output_tokens",
     "error_class",
     "fallback_used",
+    "chosen_error_class",
+    "chosen_latency_ms",
     "quality",
     "quality_imputed",
     "n_feedback",

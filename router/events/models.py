@@ -137,8 +137,24 @@ class DecisionEvent(_Event):
         return self.override_reason is None
 
 
+class Attempt(BaseModel):
+    """One upstream call of a request that needed more than one (``OutcomeEvent.attempts``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    error_class: str | None = None  # None: this call answered
+    latency_ms: float = Field(ge=0)
+
+
 class OutcomeEvent(_Event):
-    """What happened when the chosen (or fallback) model served the request."""
+    """What happened when the chosen (or fallback) model served the request.
+
+    ``cost_usd``, tokens and ``latency_ms`` are the request's (what the caller waited and paid:
+    every attempt). ``attempts`` lists the calls in order when there was more than one (a retry
+    on another instance, a fallback to another model); the first is the chosen model's, so a
+    learner charges its failure to the decision that chose it.
+    """
 
     kind: ClassVar[str] = "outcome"
 
@@ -149,6 +165,7 @@ class OutcomeEvent(_Event):
     error_class: str | None = None
     fallback_used: bool = False
     quality: float | None = None
+    attempts: list[Attempt] | None = None
 
 
 class FeedbackEvent(_Event):

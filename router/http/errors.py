@@ -6,6 +6,8 @@ gives them one. The most specific class wins (the first class of the error's MRO
 
 from __future__ import annotations
 
+import math
+
 from fastapi.responses import JSONResponse
 
 from features.errors import (
@@ -14,6 +16,7 @@ from features.errors import (
     ConfigError,
     DatasetError,
     EventLogError,
+    ModelsUnavailableError,
     NoEligibleModelError,
     NotFoundError,
     OverloadedError,
@@ -25,6 +28,7 @@ from features.errors import (
 
 STATUS: dict[type[PolyrouteError], int] = {
     # most specific first (lookup follows the MRO, so the order is for the reader)
+    ModelsUnavailableError: 503,  # every allowed model's circuit is open; with Retry-After
     NoEligibleModelError: 422,  # no model may serve the request
     AuthError: 401,
     NotFoundError: 404,
@@ -59,4 +63,6 @@ def error_of(exc: PolyrouteError) -> JSONResponse:
     response = error_response(status_of(exc), str(exc), type(exc).__name__)
     if isinstance(exc, OverloadedError):
         response.headers["retry-after"] = "1"  # the OpenAI SDKs back off and retry
+    elif isinstance(exc, ModelsUnavailableError):
+        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
     return response

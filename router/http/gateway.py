@@ -19,11 +19,12 @@ from router.canary import CanaryController
 from router.config import RouterConfig, TenantConfig
 from router.eligibility import RequestHints
 from router.events.models import DecisionEvent, Event, RewardSpecRecord
+from router.health import STATE_CODE, HealthBoard
 from router.http.auth import require_admin, tenant_of
 from router.pipeline import Decision, DecisionEngine
 from router.prometheus import GatewayMetrics
 from router.reload import BundleSource, PolicyReloader
-from router.upstream import InstancePicker, UpstreamClient
+from router.upstream import UpstreamClient
 
 RECENT_DECISIONS = 100_000  # decisions kept in memory to validate feedback ids
 
@@ -65,11 +66,17 @@ class Gateway:
             if canary is not None
             else None
         )
-        self.pickers = {m.name: InstancePicker(m) for m in config.models}
+        self.health = HealthBoard(config, seed=seed)  # breakers, live load, balancing
+        self.health.on_transition = self._on_transition
         self.tenants = {t.api_key_sha256: t for t in config.tenants}
+        self.versions = {m.name: m.version for m in config.models}
         self.recent: OrderedDict[str, float] = OrderedDict()  # decision id -> feedback seen
         self.in_flight = 0  # routed requests being handled (until the response starts)
         self.client: UpstreamClient | None = None
+
+    def _on_transition(self, model: str, url: str, model_state: str) -> None:
+        self.metrics.circuit_state.labels(model).set(STATE_CODE[model_state])
+        self.metrics.circuit_transitions.labels(model, model_state).inc()
 
     def build_engine(self, bundle: PolicyBundle) -> DecisionEngine:
         """A decision engine for ``bundle`` under this gateway's config (a fresh seed each)."""
@@ -140,7 +147,7 @@ class Gateway:
             profile=hints.profile,
             policy_version=bundle.version,
             feature_version=bundle.featurizer.version_,
-            reward_spec=RewardSpecRecord(**bundle.reward.__dict__),
+            reward_spec=RewardSpecRecord(**decision.reward.__dict__),
             eligible_models=decision.eligible,
             action_features=decision.action_features.tolist(),
             probabilities=pmf,

@@ -62,6 +62,15 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
             }
         return report
 
+    @app.get("/admin/health")
+    async def health(request: Request) -> dict[str, Any]:
+        """Every model's and instance's breaker, live latency and load."""
+        gateway.admin(request)
+        return {
+            "unhealthy": sorted(gateway.health.unhealthy()),
+            "models": gateway.health.snapshot(),
+        }
+
     @app.get("/admin/canary")
     async def canary_status(request: Request) -> dict[str, Any]:
         """The canary: state, share, per-arm counts, rewards, error rates and why it stopped."""
@@ -72,11 +81,15 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        names = ["auto", *config.profiles, *(m.name for m in config.models)]
-        return {
-            "object": "list",
-            "data": [{"id": n, "object": "model", "owned_by": "polyroute"} for n in names],
-        }
+        routed = [
+            {"id": n, "object": "model", "owned_by": "polyroute"}
+            for n in ["auto", *config.profiles]
+        ]
+        models = [
+            {"id": m.name, "object": "model", "owned_by": "polyroute", "version": m.version}
+            for m in config.models
+        ]
+        return {"object": "list", "data": routed + models}
 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
@@ -123,7 +136,7 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
     async def _chat(request: Request) -> Response:
         start = time.perf_counter()
         body = await json_body(request)
-        call = parse_chat(request, body, config, gateway.pickers, gateway.tenant)
+        call = parse_chat(request, body, config, gateway.health.models, gateway.tenant)
         engine = gateway.engine  # read once: a hot reload may swap it while we await
         arm: Arm = "champion"
         canary = gateway.canary if call.override is None else None  # pass-through: no policy
@@ -137,6 +150,8 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
             call.max_out,
             call.hints,
             call.tenant.data_classes if call.tenant else None,
+            gateway.health.unhealthy(),
+            gateway.health.latency_factors(),
         )
         decision = gateway.signed(decision)
         if call.override:
@@ -151,7 +166,15 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         if canary is not None:
             canary.on_decision(decision.decision_id, arm)
         gateway.metrics.decisions.labels(decision.chosen).inc()
-        return await dispatch(gateway, body, decision, start, call.stream, call.input_tokens)
+        return await dispatch(
+            gateway,
+            body,
+            decision,
+            start,
+            call.stream,
+            call.input_tokens,
+            fallback=call.override is None,  # a caller who named the model gets that model
+        )
 
     # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
     # FastAPI's per-request dependency solving and response validation would only cost time

@@ -116,6 +116,16 @@ class ActionCatalogue:
             tokens_in = tokens_in[:, None]
         return tokens_in * self._price_in + self.expected_output_tokens(contexts) * self._price_out
 
+    @property
+    def ttft_ms(self) -> np.ndarray:
+        """Time to first token of each catalogue model, ms."""
+        return self._ttft
+
+    @property
+    def tokens_per_s(self) -> np.ndarray:
+        """Output speed of each catalogue model."""
+        return self._speed
+
     def expected_latency(
         self, contexts: np.ndarray, output_tokens: np.ndarray | None = None
     ) -> np.ndarray:

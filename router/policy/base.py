@@ -10,6 +10,7 @@ through ``fit(X, actions, reward)``: a policy that can use it warm-starts from i
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from abc import ABC, abstractmethod
@@ -90,10 +91,28 @@ class Policy(ABC):
 
     name: ClassVar[str]
     explores: ClassVar[bool] = False
+    # whether the reward weights apply when deciding (the policy scores quality, cost and
+    # latency apart), so one fitted policy serves profiles with other weights (``with_reward``)
+    decision_time_reward: ClassVar[bool] = False
 
     def __init__(self, reward: RewardSpec | None = None, seed: int = 0) -> None:
         self.reward = reward or RewardSpec()
         self.seed = seed
+
+    def with_reward(self, reward: RewardSpec) -> Policy:
+        """This policy deciding under ``reward``'s weights: a shallow copy that shares every
+        fitted part (what it learns, both learn). Refused by a policy whose weights are baked
+        into what it learned."""
+        if reward == self.reward:
+            return self
+        if not self.decision_time_reward:
+            raise PolicyError(
+                f"{self.name}: reward weights are fixed when it learns ({self.reward}); it cannot "
+                f"decide under {reward}"
+            )
+        view = copy.copy(self)
+        view.reward = reward
+        return view
 
     # ---- the contract -------------------------------------------------------------------
     def predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:

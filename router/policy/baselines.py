@@ -21,6 +21,7 @@ class RandomPolicy(Policy):
     """Uniform over eligible models."""
 
     name = "random"
+    decision_time_reward = True  # the reward plays no part in its choice
     explores = True
 
     def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
@@ -31,6 +32,7 @@ class FixedPolicy(Policy):
     """Always ``model``; when it is not eligible, the first eligible model."""
 
     name = "fixed"
+    decision_time_reward = True  # the reward plays no part in its choice
 
     def __init__(self, reward: RewardSpec | None = None, seed: int = 0, model: str = "") -> None:
         super().__init__(reward, seed)
@@ -50,6 +52,7 @@ class CheapestPolicy(Policy):
     """The eligible model with the lowest expected cost."""
 
     name = "cheapest"
+    decision_time_reward = True  # the reward plays no part in its choice
 
     def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         return greedy_pmf(-np.array([a.expected_cost for a in actions]), 0.0)
@@ -88,6 +91,7 @@ class KNNPolicy(Policy):
     prompts (cosine distance on the request embedding); choose by the reward trade-off."""
 
     name = "knn"
+    decision_time_reward = True
     explores = True
 
     def __init__(

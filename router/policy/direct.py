@@ -157,6 +157,7 @@ class DirectPolicy(Policy):
     """Full-information router: per-model quality predictor + the profile's reward trade-off."""
 
     name = "direct"
+    decision_time_reward = True
     explores = True
 
     def __init__(

@@ -95,6 +95,7 @@ class QualitySquareCBPolicy(Policy):
     """
 
     name = "squarecb_quality"
+    decision_time_reward = True
     explores = True
 
     def __init__(

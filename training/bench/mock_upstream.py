@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 from typing import Any, cast
 
 MODEL = "mock-upstream"
@@ -98,12 +99,54 @@ LENGTH_REQUIRED = _response(
 MAX_HEAD = 64 * 1024
 
 
+UNAVAILABLE = _response(
+    b"503 Service Unavailable",
+    b"application/json",
+    b'{"error":{"message":"injected failure","type":"server_error"}}',
+)
+
+
+class Faults:
+    """Injected faults of a mock upstream (the chaos benchmark): every completion answers after
+    ``delay_ms``, and a seeded ``error_rate`` share of them with 503."""
+
+    def __init__(self, delay_ms: float = 0.0, error_rate: float = 0.0, seed: int = 0) -> None:
+        if delay_ms < 0 or not 0.0 <= error_rate <= 1.0:
+            raise ValueError(
+                f"delay_ms >= 0 and error_rate in [0, 1], got {delay_ms}, {error_rate}"
+            )
+        self.delay_s = delay_ms / 1000
+        self.error_rate = error_rate
+        self._rng = random.Random(seed)
+
+    def fails(self) -> bool:
+        return self.error_rate > 0 and self._rng.random() < self.error_rate
+
+
 class MockUpstreamProtocol(asyncio.Protocol):
     """One keep-alive connection: parse request heads, skip bodies, write the fixed answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, faults: Faults | None = None) -> None:
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
+        self._faults = faults
+
+    def _answer(self, payload: bytes) -> None:
+        faults = self._faults
+        if faults is None or self._transport is None:
+            if self._transport is not None:
+                self._transport.write(payload)
+            return
+        if faults.fails():
+            payload = UNAVAILABLE
+        if faults.delay_s > 0:
+            asyncio.get_running_loop().call_later(faults.delay_s, self._late, payload)
+        else:
+            self._transport.write(payload)
+
+    def _late(self, payload: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(payload)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -140,7 +183,7 @@ class MockUpstreamProtocol(asyncio.Protocol):
             path = rest.partition(b" ")[0].partition(b"?")[0]
             if method == b"post" and path.endswith(b"/chat/completions"):
                 streamed = b'"stream":true' in body or b'"stream": true' in body
-                self._transport.write(STREAM if streamed else COMPLETION)
+                self._answer(STREAM if streamed else COMPLETION)
             elif method == b"get" and path == b"/healthz":
                 self._transport.write(HEALTH)
             else:
@@ -149,14 +192,16 @@ class MockUpstreamProtocol(asyncio.Protocol):
                 self._transport.close()
 
 
-async def start_mock_upstream(host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
+async def start_mock_upstream(
+    host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None
+) -> asyncio.Server:
     """Listen on ``host:port`` in the running loop (port 0: any free port); returns the server."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(MockUpstreamProtocol, host, port, backlog=1024)
+    return await loop.create_server(lambda: MockUpstreamProtocol(faults), host, port, backlog=1024)
 
 
-async def _serve_forever(host: str, port: int) -> None:
-    server = await start_mock_upstream(host, port)
+async def _serve_forever(host: str, port: int, faults: Faults | None = None) -> None:
+    server = await start_mock_upstream(host, port, faults)
     async with server:
         await server.serve_forever()
 
@@ -175,10 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="answer after (default 0)")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="share answered 503 (default 0)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="of the error draws (default 0)")
     args = parser.parse_args(argv)
+    faults = None
+    if args.delay_ms or args.error_rate:
+        faults = Faults(args.delay_ms, args.error_rate, args.seed)
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args.host, args.port))
+        asyncio.run(_serve_forever(args.host, args.port, faults))
     return 0
 
 

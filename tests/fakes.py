@@ -1,0 +1,36 @@
+"""Test doubles shared by the gateway tests: an in-memory event sink and an OpenAI answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.events.models import Event
+
+USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
+
+
+class ListSink:
+    """Collects events in memory (the file and PostgreSQL sinks are tested on their own)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e.to_dict() for e in self.events if e.kind == kind]
+
+
+def completion(model: str, text: str) -> dict[str, Any]:
+    """A ``chat.completion`` body from ``model`` saying ``text``, with usage."""
+    return {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": model,
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        ],
+        "usage": USAGE,
+    }
