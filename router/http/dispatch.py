@@ -25,7 +25,7 @@ def force(decision: Decision, model: str) -> Decision:
     if model not in decision.eligible:
         rules = [rule for rule, models in decision.removed.items() if model in models]
         raise NoEligibleModelError(
-            f"model: {model!r} may not serve this request ({'; '.join(rules)})"
+            f"model: {model!r} may not serve this request ({'; '.join(rules)})", "model"
         )
     return replace(
         decision, chosen=model, chosen_index=decision.eligible.index(model), probability=1.0

@@ -9,8 +9,9 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 
 from features.errors import NotFoundError, OverloadedError, PolyrouteError, RequestError
 from router.canary import Arm
@@ -18,7 +19,7 @@ from router.events.models import FeedbackEvent
 from router.http.dispatch import dispatch, force
 from router.http.errors import error_of, error_response
 from router.http.gateway import Gateway
-from router.http.request import json_body, parse_chat
+from router.http.request import json_body, parse_chat, shown
 from router.prometheus import render
 
 
@@ -27,9 +28,16 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
     config = gateway.config
 
     @app.exception_handler(PolyrouteError)
-    async def _handle(request: Request, exc: PolyrouteError) -> JSONResponse:
+    async def _handle(request: Request, exc: PolyrouteError) -> Response:
         gateway.metrics.errors.labels(type(exc).__name__).inc()
         return error_of(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        """Starlette's own refusals (no such route, method not allowed) in OpenAI's shape."""
+        response = error_response(exc.status_code, f"{request.url.path}: {exc.detail}")
+        response.headers.update(exc.headers or {})  # Allow, of a 405
+        return response
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -83,17 +91,21 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         body = await json_body(request)
         decision_id = body.get("decision_id")
         if not isinstance(decision_id, str):
-            raise RequestError("decision_id: required string")
+            raise RequestError("decision_id: required string", "decision_id")
         quality = body.get("quality")
-        if not isinstance(quality, int | float) or not 0.0 <= float(quality) <= 1.0:
-            return error_response(
-                422,
-                f"quality: expected a number in [0, 1], got {quality!r}",
-                "invalid_request_error",
-                "quality",
-            )  # type: ignore[return-value]
+        # a real number (bool is an int in Python, not a quality), finite (NaN fails the range)
+        if (
+            isinstance(quality, bool)
+            or not isinstance(quality, int | float)
+            or not 0.0 <= quality <= 1.0
+        ):
+            raise RequestError(
+                f"quality: expected a number in [0, 1], got {shown(quality)}", "quality"
+            )
         if not gateway.known(decision_id):
-            raise NotFoundError(f"decision_id: unknown decision {decision_id!r}")
+            raise NotFoundError(
+                f"decision_id: unknown decision {shown(decision_id)}", "decision_id"
+            )
         # rule: every feedback is logged; the latest one wins at the join
         gateway.sink.emit(FeedbackEvent(event_id=decision_id, quality=float(quality)))
         if gateway.canary is not None:
