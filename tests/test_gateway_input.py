@@ -292,6 +292,43 @@ def test_feedback_quality_accepted(client, quality) -> None:
     assert post(client, raw, "/v1/feedback").status_code == 200
 
 
+# ---- a bug still answers JSON, is counted, and finishes its decision -------------------------
+
+
+def test_a_bug_after_the_decision_is_a_json_500_with_an_outcome(config, bundle) -> None:
+    sink = ListSink()
+    app = create_app(config, bundle, sink, transport=httpx.MockTransport(FakeUpstream()))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        gateway = app.state.gateway
+
+        async def broken(*args: Any) -> Any:
+            raise RuntimeError("a bug in the upstream client")
+
+        gateway.client.complete = broken
+        error = check_error(post(c, chat()), 500, None)
+        assert error["type"] == "server_error" and error["code"] == "internal_error"
+        assert "a bug" not in error["message"]  # nothing of the exception reaches the caller
+        (decision,) = sink.of("decision")
+        (outcome,) = sink.of("outcome")
+        assert outcome["event_id"] == decision["event_id"]
+        assert outcome["error_class"] == "internal_error"
+        assert 'polyroute_errors_total{kind="internal_error"} 1.0' in c.get("/metrics").text
+
+
+def test_a_bug_before_the_decision_is_a_json_500_and_logs_nothing(config, bundle) -> None:
+    sink = ListSink()
+    app = create_app(config, bundle, sink, transport=httpx.MockTransport(FakeUpstream()))
+    with TestClient(app, raise_server_exceptions=False) as c:
+
+        def broken(*args: Any) -> Any:
+            raise ZeroDivisionError("a bug in the policy")
+
+        app.state.gateway.engine.decide = broken
+        check_error(post(c, chat()), 500, None)
+        assert sink.events == []
+        assert 'polyroute_errors_total{kind="internal_error"} 1.0' in c.get("/metrics").text
+
+
 # ---- property-based fuzz ---------------------------------------------------------------------
 
 

@@ -189,3 +189,10 @@ def _outcome(
     except EventLogError:
         # the answer is already paid for and on its way: count the lost outcome, do not fail it
         gateway.metrics.errors.labels("outcome_not_logged").inc()
+
+
+def unfinished(gateway: Gateway, decision: Decision, seconds: float, error: str) -> None:
+    """Log the outcome of a logged decision whose :func:`dispatch` raised instead of returning
+    a response (dispatch logs an outcome only on its way to a response): no decision is left
+    without an outcome."""
+    _outcome(gateway, decision, decision.chosen, (0, 0), seconds, False, error)

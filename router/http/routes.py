@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -16,11 +17,15 @@ from starlette.exceptions import HTTPException
 from features.errors import NotFoundError, OverloadedError, PolyrouteError, RequestError
 from router.canary import Arm
 from router.events.models import FeedbackEvent
-from router.http.dispatch import dispatch, force
+from router.http.dispatch import dispatch, force, unfinished
 from router.http.errors import error_of, error_response
 from router.http.gateway import Gateway
 from router.http.request import json_body, parse_chat, shown
 from router.prometheus import render
+
+logger = logging.getLogger(__name__)
+
+LOGGED = "polyroute.decision"  # the request scope's key of its decision, once logged
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -38,6 +43,13 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         response = error_response(exc.status_code, f"{request.url.path}: {exc.detail}")
         response.headers.update(exc.headers or {})  # Allow, of a 405
         return response
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        """Any other route's bug: a JSON 500, counted (Starlette still re-raises it to the
+        server, which logs it). The chat route answers its own (:func:`_chat`)."""
+        gateway.metrics.errors.labels("internal_error").inc()
+        return internal_error()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -127,10 +139,27 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
                 f"{config.max_in_flight}); retry shortly"
             )
         gateway.in_flight += 1
+        start = time.perf_counter()
         try:
             return await _chat(request)
+        except BaseException as exc:  # free unless raised
+            return failed(request, exc, time.perf_counter() - start)
         finally:
             gateway.in_flight -= 1
+
+    def failed(request: Request, exc: BaseException, seconds: float) -> Response:
+        """A chat call that raised: a logged decision gets its outcome (no decision is left
+        without one); a domain error goes to the error table, a bug is answered here, a JSON 500
+        counted as ``internal_error``."""
+        decision = request.scope.get(LOGGED)
+        if decision is not None:
+            error = "internal_error" if isinstance(exc, Exception) else "cancelled"
+            unfinished(gateway, decision, seconds, error)
+        if isinstance(exc, PolyrouteError) or not isinstance(exc, Exception):
+            raise exc  # the error table answers it (or the task is being cancelled)
+        logger.error("chat request failed", exc_info=exc)
+        gateway.metrics.errors.labels("internal_error").inc()
+        return internal_error(decision.decision_id if decision is not None else None)
 
     async def _chat(request: Request) -> Response:
         start = time.perf_counter()
@@ -159,6 +188,7 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
                 engine, decision, call.tenant, call.hints, call.override, call.text
             )
         )
+        request.scope[LOGGED] = decision  # from here on, a failure must log its outcome
         gateway.remember(decision.decision_id)
         if canary is not None:
             canary.on_decision(decision.decision_id, arm)
@@ -168,3 +198,9 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
     # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
     # FastAPI's per-request dependency solving and response validation would only cost time
     app.router.add_route("/v1/chat/completions", chat, methods=["POST"], include_in_schema=False)
+
+
+def internal_error(decision_id: str | None = None) -> Response:
+    """The answer to a bug: OpenAI's 500 shape, nothing of the exception (it is logged)."""
+    where = f" (decision {decision_id})" if decision_id else ""
+    return error_response(500, f"internal error{where}; it is logged", code="internal_error")
