@@ -14,7 +14,8 @@
     │   └── EventLogFullError           the bounded queue stayed full for ``put_timeout_s``
     ├── OverloadedError                 too many requests in flight; retry after a moment
     ├── UpstreamError                   an upstream call failed (connection, timeout, 5xx)
-    └── RequestError (ValueError)       a caller's request is invalid; names the field
+    └── RequestError (ValueError)       a caller's request is invalid; ``param`` names the
+        │                               field as a dotted path (``messages.0.content``)
         ├── AuthError                   missing or wrong API key
         ├── NotFoundError               unknown model, decision id or admin resource
         ├── BodyTooLargeError           the request body is over the size limit
@@ -93,7 +94,20 @@ class UpstreamError(PolyrouteError):
 
 
 class RequestError(PolyrouteError, ValueError):
-    """A caller's request is invalid; the message names the field."""
+    """A caller's request is invalid; the message names the field and says what was expected.
+
+    Attributes
+    ----------
+    param : str or None
+        Where the fault is, for OpenAI's ``error.param``: the dotted path of the body field
+        (``messages.0.content``, ``metadata.max_cost``, ``max_tokens``), the header name
+        (``x-polyroute-max-cost``), or None when no one field is at fault (a malformed body,
+        a missing API key).
+    """
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class AuthError(RequestError):

@@ -38,7 +38,7 @@ def force(decision: Decision, model: str) -> Decision:
         if rules == [UNHEALTHY]:
             raise ModelsUnavailableError(f"model: {model!r} is unavailable (circuit open)")
         raise NoEligibleModelError(
-            f"model: {model!r} may not serve this request ({'; '.join(rules)})"
+            f"model: {model!r} may not serve this request ({'; '.join(rules)})", "model"
         )
     return replace(
         decision, chosen=model, chosen_index=decision.eligible.index(model), probability=1.0
@@ -353,3 +353,10 @@ def _outcome(
     except EventLogError:
         # the answer is already paid for and on its way: count the lost outcome, do not fail it
         gateway.metrics.errors.labels("outcome_not_logged").inc()
+
+
+def unfinished(gateway: Gateway, decision: Decision, seconds: float, error: str) -> None:
+    """Log the outcome of a logged decision whose :func:`dispatch` raised instead of returning
+    a response (dispatch logs an outcome only on its way to a response): no decision is left
+    without an outcome."""
+    _outcome(gateway, decision, decision.chosen, (0, 0), seconds, False, error)

@@ -1,14 +1,27 @@
-"""The HTTP edge of the error tree: one table from error class to status, and the error body.
+"""The HTTP edge of the error tree: one table from error class to status, the OpenAI error type
+of each status, and the error body.
 
 Domain errors (:mod:`features.errors`) carry no HTTP status; this table is the only place that
 gives them one. The most specific class wins (the first class of the error's MRO in the table).
+
+Every error the gateway answers has OpenAI's shape::
+
+    {"error": {"message": "max_tokens: expected a positive integer, got 0",
+               "type": "invalid_request_error", "param": "max_tokens", "code": "request_error"}}
+
+``type`` follows the status (:data:`TYPES`), ``param`` is the dotted path of the field at
+fault (``messages.0.content``), the header name (``x-polyroute-max-cost``) or null, and
+``code`` is the error class in snake case (``no_eligible_model_error``), the finer reason a
+client can branch on.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from features.errors import (
     AuthError,
@@ -43,6 +56,22 @@ STATUS: dict[type[PolyrouteError], int] = {
     PolyrouteError: 500,
 }
 
+# OpenAI's error ``type`` of each status; any other 4xx is an invalid request, any other 5xx
+# a server error
+TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",  # every upstream failed (also the in-band error of a broken stream)
+    503: "server_error",
+}
+
 
 def status_of(exc: PolyrouteError) -> int:
     """The HTTP status the gateway answers ``exc`` with."""
@@ -52,15 +81,38 @@ def status_of(exc: PolyrouteError) -> int:
     return 500
 
 
-def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    """An OpenAI-style error body."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status)
+def type_of(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    return TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
 
 
-def error_of(exc: PolyrouteError) -> JSONResponse:
-    """The response to ``exc``: its status, its message, its class name as the type."""
-    response = error_response(status_of(exc), str(exc), type(exc).__name__)
+def code_of(cls: type[Exception]) -> str:
+    """The error ``code`` of an exception class: its name in snake case."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+) -> Response:
+    """An OpenAI-style error body; ``kind`` (the ``type``) defaults to the status's.
+
+    Serialised ASCII-only: a message quoting what the caller sent can never fail to encode.
+    """
+    error = {"message": message, "type": kind or type_of(status), "param": param, "code": code}
+    return Response(
+        json.dumps({"error": error}).encode(), status_code=status, media_type="application/json"
+    )
+
+
+def error_of(exc: PolyrouteError) -> Response:
+    """The response to ``exc``: its status, its message, the field at fault, its class."""
+    status = status_of(exc)
+    param = exc.param if isinstance(exc, RequestError) else None
+    response = error_response(status, str(exc), param=param, code=code_of(type(exc)))
     if isinstance(exc, OverloadedError):
         response.headers["retry-after"] = "1"  # the OpenAI SDKs back off and retry
     elif isinstance(exc, ModelsUnavailableError):

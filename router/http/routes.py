@@ -4,22 +4,28 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 
 from features.errors import NotFoundError, OverloadedError, PolyrouteError, RequestError
 from router.canary import Arm
 from router.events.models import FeedbackEvent
-from router.http.dispatch import dispatch, force
+from router.http.dispatch import dispatch, force, unfinished
 from router.http.errors import error_of, error_response
 from router.http.gateway import Gateway
-from router.http.request import json_body, parse_chat
+from router.http.request import json_body, parse_chat, shown
 from router.prometheus import render
+
+logger = logging.getLogger(__name__)
+
+LOGGED = "polyroute.decision"  # the request scope's key of its decision, once logged
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -27,9 +33,23 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
     config = gateway.config
 
     @app.exception_handler(PolyrouteError)
-    async def _handle(request: Request, exc: PolyrouteError) -> JSONResponse:
+    async def _handle(request: Request, exc: PolyrouteError) -> Response:
         gateway.metrics.errors.labels(type(exc).__name__).inc()
         return error_of(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        """Starlette's own refusals (no such route, method not allowed) in OpenAI's shape."""
+        response = error_response(exc.status_code, f"{request.url.path}: {exc.detail}")
+        response.headers.update(exc.headers or {})  # Allow, of a 405
+        return response
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> Response:
+        """Any other route's bug: a JSON 500, counted (Starlette still re-raises it to the
+        server, which logs it). The chat route answers its own (:func:`_chat`)."""
+        gateway.metrics.errors.labels("internal_error").inc()
+        return internal_error()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -96,17 +116,21 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         body = await json_body(request)
         decision_id = body.get("decision_id")
         if not isinstance(decision_id, str):
-            raise RequestError("decision_id: required string")
+            raise RequestError("decision_id: required string", "decision_id")
         quality = body.get("quality")
-        if not isinstance(quality, int | float) or not 0.0 <= float(quality) <= 1.0:
-            return error_response(
-                422,
-                f"quality: expected a number in [0, 1], got {quality!r}",
-                "invalid_request_error",
-                "quality",
-            )  # type: ignore[return-value]
+        # a real number (bool is an int in Python, not a quality), finite (NaN fails the range)
+        if (
+            isinstance(quality, bool)
+            or not isinstance(quality, int | float)
+            or not 0.0 <= quality <= 1.0
+        ):
+            raise RequestError(
+                f"quality: expected a number in [0, 1], got {shown(quality)}", "quality"
+            )
         if not gateway.known(decision_id):
-            raise NotFoundError(f"decision_id: unknown decision {decision_id!r}")
+            raise NotFoundError(
+                f"decision_id: unknown decision {shown(decision_id)}", "decision_id"
+            )
         # rule: every feedback is logged; the latest one wins at the join
         gateway.sink.emit(FeedbackEvent(event_id=decision_id, quality=float(quality)))
         if gateway.canary is not None:
@@ -128,10 +152,27 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
                 f"{config.max_in_flight}); retry shortly"
             )
         gateway.in_flight += 1
+        start = time.perf_counter()
         try:
             return await _chat(request)
+        except BaseException as exc:  # free unless raised
+            return failed(request, exc, time.perf_counter() - start)
         finally:
             gateway.in_flight -= 1
+
+    def failed(request: Request, exc: BaseException, seconds: float) -> Response:
+        """A chat call that raised: a logged decision gets its outcome (no decision is left
+        without one); a domain error goes to the error table, a bug is answered here, a JSON 500
+        counted as ``internal_error``."""
+        decision = request.scope.get(LOGGED)
+        if decision is not None:
+            error = "internal_error" if isinstance(exc, Exception) else "cancelled"
+            unfinished(gateway, decision, seconds, error)
+        if isinstance(exc, PolyrouteError) or not isinstance(exc, Exception):
+            raise exc  # the error table answers it (or the task is being cancelled)
+        logger.error("chat request failed", exc_info=exc)
+        gateway.metrics.errors.labels("internal_error").inc()
+        return internal_error(decision.decision_id if decision is not None else None)
 
     async def _chat(request: Request) -> Response:
         start = time.perf_counter()
@@ -162,6 +203,7 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
                 engine, decision, call.tenant, call.hints, call.override, call.text
             )
         )
+        request.scope[LOGGED] = decision  # from here on, a failure must log its outcome
         gateway.remember(decision.decision_id)
         if canary is not None:
             canary.on_decision(decision.decision_id, arm)
@@ -179,3 +221,9 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
     # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
     # FastAPI's per-request dependency solving and response validation would only cost time
     app.router.add_route("/v1/chat/completions", chat, methods=["POST"], include_in_schema=False)
+
+
+def internal_error(decision_id: str | None = None) -> Response:
+    """The answer to a bug: OpenAI's 500 shape, nothing of the exception (it is logged)."""
+    where = f" (decision {decision_id})" if decision_id else ""
+    return error_response(500, f"internal error{where}; it is logged", code="internal_error")

@@ -33,9 +33,8 @@ class ReplayRequestError(RequestError):
     def __init__(
         self, message: str, param: str | None, status_code: int = 400, code: str | None = None
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, param)
         self.message = message
-        self.param = param
         self.status_code = status_code
         self.code = code
 
