@@ -6,11 +6,14 @@ gives them one. The most specific class wins (the first class of the error's MRO
 
 from __future__ import annotations
 
+import math
+
 from fastapi.responses import JSONResponse
 
 from features.errors import (
     AuthError,
     BodyTooLargeError,
+    BudgetExceededError,
     ConfigError,
     DatasetError,
     EventLogError,
@@ -19,7 +22,10 @@ from features.errors import (
     OverloadedError,
     PolicyError,
     PolyrouteError,
+    RateLimitedError,
     RequestError,
+    ThrottledError,
+    TrafficStoreError,
     UpstreamError,
 )
 
@@ -31,7 +37,11 @@ STATUS: dict[type[PolyrouteError], int] = {
     BodyTooLargeError: 413,
     RequestError: 400,
     DatasetError: 422,
+    RateLimitedError: 429,  # with Retry-After from the limiter
+    BudgetExceededError: 429,  # with Retry-After: the next UTC midnight
+    ThrottledError: 429,
     OverloadedError: 503,  # with Retry-After
+    TrafficStoreError: 503,  # a budget cannot be checked: refused (fail closed), Retry-After
     EventLogError: 503,  # the service refuses a request it could not log
     UpstreamError: 502,
     ConfigError: 500,
@@ -57,6 +67,10 @@ def error_response(status: int, message: str, kind: str, param: str | None = Non
 def error_of(exc: PolyrouteError) -> JSONResponse:
     """The response to ``exc``: its status, its message, its class name as the type."""
     response = error_response(status_of(exc), str(exc), type(exc).__name__)
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, OverloadedError | TrafficStoreError):
         response.headers["retry-after"] = "1"  # the OpenAI SDKs back off and retry
+    elif isinstance(exc, ThrottledError):
+        # whole seconds in Retry-After (RFC 9110); the OpenAI SDKs read retry-after-ms first
+        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+        response.headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after_s * 1000)))
     return response

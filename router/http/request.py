@@ -100,7 +100,8 @@ def hints_of(
     tenant: TenantConfig | None,
     profiles: Collection[str],
 ) -> RequestHints:
-    """Routing hints from ``x-polyroute-*`` headers or ``metadata`` (headers win)."""
+    """Routing hints from ``x-polyroute-*`` headers or ``metadata`` (headers win): profile,
+    data class, max cost, max latency, priority."""
     meta = body.get("metadata") or {}
     if not isinstance(meta, dict):
         raise RequestError("metadata: expected an object")
@@ -116,6 +117,7 @@ def hints_of(
             raise RequestError(f"{name}: expected a string")
     profile = pick("profile") or (model if model in profiles else None)
     profile = profile or (tenant.default_profile if tenant else "default")
+    priority = priority_of(pick("priority"))
     try:
         max_cost = pick("max_cost")
         max_latency = pick("max_latency")
@@ -124,9 +126,21 @@ def hints_of(
             data_class=pick("data_class"),
             max_cost_usd=float(max_cost) if max_cost is not None else None,
             max_latency_ms=float(max_latency) if max_latency is not None else None,
+            priority=priority,
         )
     except (TypeError, ValueError) as exc:
         raise RequestError(f"max_cost / max_latency: expected numbers ({exc})") from exc
+
+
+def priority_of(value: Any) -> int | None:
+    """The ``priority`` hint: an integer 0-9 (a header's text too); it may only lower the
+    tenant's priority (``router.traffic.limits.effective_priority``)."""
+    if value is None:
+        return None
+    number = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 9:
+        raise RequestError(f"priority: expected an integer from 0 to 9, got {value!r}")
+    return number
 
 
 def stream_options(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:

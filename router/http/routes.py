@@ -12,14 +12,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from features.errors import NotFoundError, OverloadedError, PolyrouteError, RequestError
+from features.errors import BudgetExceededError, NotFoundError, PolyrouteError, RequestError
 from router.canary import Arm
+from router.eligibility import BUDGET_RULE
 from router.events.models import FeedbackEvent
 from router.http.dispatch import dispatch, force
 from router.http.errors import error_of, error_response
 from router.http.gateway import Gateway
-from router.http.request import json_body, parse_chat
+from router.http.request import ChatRequest, json_body, parse_chat
 from router.prometheus import render
+from router.traffic.limits import effective_priority
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -108,50 +110,74 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         }
 
     async def chat(request: Request) -> Response:
-        # admission: the event loop is single-threaded, so the check and the increment are atomic
-        if gateway.in_flight >= config.max_in_flight:
-            raise OverloadedError(
-                f"overloaded: {gateway.in_flight} requests in flight (max_in_flight "
-                f"{config.max_in_flight}); retry shortly"
-            )
-        gateway.in_flight += 1
-        try:
-            return await _chat(request)
-        finally:
-            gateway.in_flight -= 1
-
-    async def _chat(request: Request) -> Response:
         start = time.perf_counter()
         body = await json_body(request)
         call = parse_chat(request, body, config, gateway.pickers, gateway.tenant)
+        # admission by priority: the event loop is single-threaded, so check and count are one
+        priority = effective_priority(call.tenant, call.hints)
+        if not gateway.admission.try_acquire(priority):
+            await gateway.admission.acquire(priority)  # waits, or refuses with 503
+        try:
+            return await _chat(call, start)
+        finally:
+            gateway.admission.release()
+
+    async def _chat(call: ChatRequest, start: float) -> Response:
+        traffic = gateway.traffic
+        limits = traffic.limits_of(call.tenant)  # None: no limits, nothing to do here
+        admitted = None
+        if limits is not None:  # rate limits (429) and the budget left
+            admitted = await traffic.admit(limits, call.input_tokens, call.max_out)
         engine = gateway.engine  # read once: a hot reload may swap it while we await
         arm: Arm = "champion"
         canary = gateway.canary if call.override is None else None  # pass-through: no policy
         if canary is not None:
             arm = canary.choose()  # a coin independent of the request (keeps IPS valid)
             engine = canary.engine if arm == "challenger" and canary.engine else engine
-        decision = engine.decide(
-            call.text,
-            call.n_turns,
-            call.input_tokens,
-            call.max_out,
-            call.hints,
-            call.tenant.data_classes if call.tenant else None,
-        )
+        try:
+            decision = engine.decide(
+                call.text,
+                call.n_turns,
+                call.input_tokens,
+                call.max_out,
+                call.hints,
+                call.tenant.data_classes if call.tenant else None,
+                budget_remaining_usd=admitted.remaining_usd if admitted else None,
+            )
+        except BudgetExceededError as exc:  # no eligible model's maximum cost fits
+            assert admitted is not None
+            raise traffic.over_budget(admitted, str(exc).removeprefix("budget: ")) from exc
         decision = gateway.signed(decision)
         if call.override:
+            if admitted is not None and call.requested in decision.removed.get(BUDGET_RULE, ()):
+                raise traffic.over_budget(
+                    admitted, f"model {call.requested!r}'s maximum cost for this request is over "
+                    "what is left"
+                )  # fmt: skip
             decision = force(decision, call.requested)
-        # logged first: a decision the log refused (503) is not served and takes no feedback
-        gateway.sink.emit(
-            gateway.decision_event(
-                engine, decision, call.tenant, call.hints, call.override, call.text
+        reservation = None
+        if admitted is not None:  # hold the request's maximum cost until its outcome
+            models = [decision.chosen, *(m for m in config.fallback if m in decision.eligible)]
+            reservation = await traffic.reserve(admitted, models, call.input_tokens, call.max_out)
+        if reservation is not None:
+            gateway.reservations[decision.decision_id] = reservation
+        try:
+            # logged first: a decision the log refused (503) is not served and takes no feedback
+            gateway.sink.emit(
+                gateway.decision_event(
+                    engine, decision, call.tenant, call.hints, call.override, call.text
+                )
             )
-        )
-        gateway.remember(decision.decision_id)
-        if canary is not None:
-            canary.on_decision(decision.decision_id, arm)
-        gateway.metrics.decisions.labels(decision.chosen).inc()
-        return await dispatch(gateway, body, decision, start, call.stream, call.input_tokens)
+            gateway.remember(decision.decision_id)
+            if canary is not None:
+                canary.on_decision(decision.decision_id, arm)
+            gateway.metrics.decisions.labels(decision.chosen).inc()
+            return await dispatch(
+                gateway, call.body, decision, start, call.stream, call.input_tokens
+            )
+        except BaseException:
+            gateway.settle(decision.decision_id, 0.0)  # no outcome came: release the budget
+            raise
 
     # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
     # FastAPI's per-request dependency solving and response validation would only cost time
