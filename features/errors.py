@@ -13,6 +13,11 @@
     ├── EventLogError                   the event log cannot accept events (closed, failed)
     │   └── EventLogFullError           the bounded queue stayed full for ``put_timeout_s``
     ├── OverloadedError                 too many requests in flight; retry after a moment
+    ├── TrafficStoreError               the shared limits and budgets store (Redis) failed
+    ├── ThrottledError                  a tenant's limit refuses the request for now;
+    │   │                               ``retry_after_s`` says when it may pass
+    │   ├── RateLimitedError            over requests_per_minute or tokens_per_minute
+    │   └── BudgetExceededError         over budget_usd_per_day (spent + reserved)
     ├── UpstreamError                   an upstream call failed (connection, timeout, 5xx)
     └── RequestError (ValueError)       a caller's request is invalid; ``param`` names the
         │                               field as a dotted path (``messages.0.content``)
@@ -81,6 +86,33 @@ class OverloadedError(PolyrouteError):
     """Too many requests in flight; the caller should retry after a moment."""
 
 
+class TrafficStoreError(PolyrouteError):
+    """The store of rate limits and budgets (Redis) failed or timed out. Rate limits then admit
+    the request (fail open) and budgets refuse it (fail closed), see ``router.traffic``."""
+
+
+class ThrottledError(PolyrouteError):
+    """A tenant's limit refuses the request for now.
+
+    Attributes
+    ----------
+    retry_after_s : float
+        Seconds until the request could pass (the gateway's ``Retry-After``).
+    """
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(ThrottledError):
+    """The tenant is over its ``requests_per_minute`` or ``tokens_per_minute``."""
+
+
+class BudgetExceededError(ThrottledError):
+    """The tenant's daily budget cannot cover the request's maximum cost."""
+
+
 class UpstreamError(PolyrouteError):
     """An upstream call failed: connection, timeout or a 5xx answer (worth a fallback)."""
 
@@ -138,6 +170,7 @@ class ModelsUnavailableError(NoEligibleModelError):
 __all__ = [
     "AuthError",
     "BodyTooLargeError",
+    "BudgetExceededError",
     "ConfigError",
     "DatasetError",
     "EventLogError",
@@ -151,6 +184,9 @@ __all__ = [
     "OverloadedError",
     "PolicyError",
     "PolyrouteError",
+    "RateLimitedError",
     "RequestError",
+    "ThrottledError",
+    "TrafficStoreError",
     "UpstreamError",
 ]

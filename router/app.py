@@ -109,6 +109,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway.client = UpstreamClient(config.timeouts, transport)
+        await gateway.traffic.start()
         with suppress(PolyrouteError):  # lazy set-up of the first decision: not on a caller
             gateway.engine.decide("warm-up", 1, 4, 16, RequestHints())
         if freeze_gc:
@@ -122,6 +123,7 @@ def create_app(
             for reloader in gateway.reloaders.values():
                 await anyio.to_thread.run_sync(reloader.stop)
             await gateway.client.aclose()
+            await gateway.traffic.aclose()
             close = getattr(sink, "close", None)
             if owns_sink and close is not None:
                 close()  # drain: nothing accepted is lost on shutdown

@@ -96,10 +96,16 @@ class ProfileConfig(_Strict):
 
 
 class TenantConfig(_Strict):
+    """A caller, by API key, and its limits (``router.traffic``; None: no limit)."""
+
     name: str = Field(min_length=1)
     api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    # spend per UTC day; each request reserves its maximum cost until its outcome settles it
     budget_usd_per_day: NonNegativeFloat | None = None
     requests_per_minute: Annotated[int, Field(gt=0)] | None = None
+    # estimated input tokens + max output tokens of each request, counted at admission
+    tokens_per_minute: Annotated[int, Field(gt=0)] | None = None
+    # 0 (shed first) to 9 (shed last) when a worker is saturated; requests may only lower it
     priority: Annotated[int, Field(ge=0, le=9)] = 5
     data_classes: frozenset[str] = frozenset()
     default_profile: str = "default"
@@ -109,6 +115,38 @@ class DataClassConfig(_Strict):
     """Requests of this data class may only go to models carrying every required tag."""
 
     required_tags: frozenset[str] = frozenset()
+
+
+class TrafficConfig(_Strict):
+    """Where rate limits and budgets are kept: ``memory`` (one process; each worker and replica
+    counts on its own) or ``redis`` (shared by every worker and replica)."""
+
+    store: Literal["memory", "redis"] = "memory"
+    redis_url_env: str = Field(default="POLYROUTE_REDIS_URL", min_length=1)
+    key_prefix: str = Field(default="polyroute", min_length=1)
+    # a Redis call slower than this fails (rate limits then admit, budgets refuse)
+    timeout_ms: PositiveFloat = 250.0
+
+    def redis_url(self) -> str:
+        """The Redis URL from the environment variable ``redis_url_env``."""
+        url = os.environ.get(self.redis_url_env)
+        if not url:
+            raise ConfigError(
+                f"traffic.redis_url_env: environment variable {self.redis_url_env} is not set "
+                "(traffic.store is redis)"
+            )
+        return url
+
+
+class AdmissionConfig(_Strict):
+    """Priorities when a worker is saturated: priority p is admitted while fewer than
+    ``max_in_flight * share(p)`` requests are in flight, ``share(p) = lowest_priority_share +
+    (1 - lowest_priority_share) * p / 9`` (priority 9 may use every slot); requests of priority
+    ``queue_min_priority`` or more wait up to ``queue_wait_ms`` for a slot, highest first."""
+
+    lowest_priority_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    queue_wait_ms: NonNegativeFloat = 0.0
+    queue_min_priority: Annotated[int, Field(ge=0, le=9)] = 5
 
 
 class TimeoutConfig(_Strict):
@@ -209,6 +247,8 @@ class RouterConfig(_Strict):
     # instead of queueing until every request times out (overhead.md: past ~600 req/s per path a
     # worker without this cap collapsed into 10-s timeouts)
     max_in_flight: Annotated[int, Field(ge=1)] = 256
+    admission: AdmissionConfig = AdmissionConfig()
+    traffic: TrafficConfig = TrafficConfig()
 
     @model_validator(mode="after")
     def _references(self) -> RouterConfig:

@@ -1,7 +1,9 @@
-"""Which models may serve a request: compliance, profile, context window, hints, health.
+"""Which models may serve a request: compliance, profile, context window, hints, health,
+and last the tenant's remaining budget.
 
 Each rule removes models and says why; when nothing is left, :class:`NoEligibleModelError`
-names every rule that removed something, so a caller knows what to relax.
+names every rule that removed something, so a caller knows what to relax (or
+:class:`BudgetExceededError` when the budget rule removed the last ones: waiting helps).
 """
 
 from __future__ import annotations
@@ -9,7 +11,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from features.errors import ModelsUnavailableError, NoEligibleModelError, RequestError
+from features.errors import (
+    BudgetExceededError,
+    ModelsUnavailableError,
+    NoEligibleModelError,
+    RequestError,
+)
 from router.config import RouterConfig
 
 UNHEALTHY = "unhealthy (circuit open)"
@@ -24,6 +31,10 @@ class RequestHints:
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
     priority: int | None = None
+
+
+# the name of the budget rule in ``Eligibility.removed`` (the gateway looks it up)
+BUDGET_RULE = "maximum cost over the remaining budget"
 
 
 @dataclass
@@ -41,6 +52,8 @@ def eligible_models(
     unhealthy: Collection[str] = (),
     expected_cost: Mapping[str, float] | None = None,
     expected_latency_ms: Mapping[str, float] | None = None,
+    *,
+    budget_remaining_usd: float | None = None,
 ) -> Eligibility:
     """Apply the rules in order; the survivors keep the config's model order."""
     return EligibilityRules(config).apply(
@@ -51,6 +64,7 @@ def eligible_models(
         unhealthy,
         expected_cost,
         expected_latency_ms,
+        budget_remaining_usd=budget_remaining_usd,
     )
 
 
@@ -62,6 +76,8 @@ class EligibilityRules:
         self.config = config
         self.names = [m.name for m in config.models]
         self._windows = [(m.name, m.context_tokens) for m in config.models]
+        self._prices = [(m.name, m.usd_per_mtok_in / 1e6, m.usd_per_mtok_out / 1e6)
+                        for m in config.models]  # fmt: skip
         self._smallest_window = min(w for _, w in self._windows)
         self._profiles = {
             name: frozenset(profile.models) if profile.models else None
@@ -84,8 +100,16 @@ class EligibilityRules:
         unhealthy: Collection[str] = (),
         expected_cost: Mapping[str, float] | None = None,
         expected_latency_ms: Mapping[str, float] | None = None,
+        *,
+        budget_remaining_usd: float | None = None,
     ) -> Eligibility:
-        """Apply the rules in order; the survivors keep the config's model order."""
+        """Apply the rules in order; the survivors keep the config's model order.
+
+        ``budget_remaining_usd`` (the tenant's daily budget less what is spent and reserved)
+        removes, last, every model whose maximum cost for this request (input tokens at its
+        input price + ``max_output_tokens`` at its output price) is over it: the policy then
+        chooses among the models the budget can still pay for.
+        """
         config = self.config
         if hints.profile not in self._profiles:
             raise RequestError(
@@ -135,6 +159,21 @@ class EligibilityRules:
                 f"expected latency > {limit} ms",
                 {m for m in candidates if expected_latency_ms[m] <= limit},
             )
+        if budget_remaining_usd is not None:
+            left = budget_remaining_usd
+            max_cost = {
+                name: input_tokens * price_in + max_output_tokens * price_out
+                for name, price_in, price_out in self._prices
+            }
+            if candidates and all(max_cost[m] > left for m in candidates):
+                cheapest = min(candidates, key=max_cost.__getitem__)
+                raise BudgetExceededError(
+                    f"budget: no eligible model's maximum cost for this request ({input_tokens} "
+                    f"input + {max_output_tokens} output tokens) fits the remaining "
+                    f"{max(left, 0.0):.6f} USD (cheapest: {cheapest!r} at "
+                    f"{max_cost[cheapest]:.6f} USD)"
+                )
+            keep(BUDGET_RULE, {m for m in candidates if max_cost[m] <= left})
         if not candidates:
             reasons = "; ".join(f"{rule}: removed {models}" for rule, models in removed.items())
             if UNHEALTHY in removed:  # the rules allowed some: only their health stops them

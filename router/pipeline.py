@@ -125,10 +125,15 @@ class DecisionEngine:
         tenant_data_classes: Collection[str] | None = None,
         unhealthy: Collection[str] = (),
         latency_factors: np.ndarray | None = None,
+        *,
+        budget_remaining_usd: float | None = None,
     ) -> Decision:
         """Decide one request. ``unhealthy``: models whose circuit is open (not eligible);
         ``latency_factors``: per config model, how much slower than predicted each runs now
-        (``router.health``), applied to the latency predictions before the policy scores."""
+        (``router.health``), applied to the latency predictions before the policy scores;
+        ``budget_remaining_usd`` (the tenant's daily budget left, None without a budget) keeps
+        to the models whose maximum cost for this request fits it, before the policy chooses
+        (so the logged probabilities are those actually used)."""
         clock = time.perf_counter_ns
         start = clock()
         bundle = self.bundle
@@ -156,6 +161,7 @@ class DecisionEngine:
             dict(zip(self._names, latency_all[self._columns].tolist(), strict=True))
             if hints.max_latency_ms is not None
             else None,
+            budget_remaining_usd=budget_remaining_usd,
         )
         names = eligibility.models
         t_eligibility = clock()

@@ -81,6 +81,39 @@ class GatewayMetrics:
             ["model"],
             registry=r,
         )
+        # traffic (router.traffic): limits, budgets, priorities, the shared store
+        self.rate_limited = Counter(
+            "polyroute_rate_limited",
+            "Requests refused (429) by a tenant's rate limit, by tenant and limit",
+            ["tenant", "limit"],
+            registry=r,
+        )
+        self.budget_refused = Counter(
+            "polyroute_budget_refused",
+            "Requests refused (429) by a tenant's daily budget",
+            ["tenant"],
+            registry=r,
+        )
+        self.shed = Counter(
+            "polyroute_shed",
+            "Requests refused (503) by a saturated worker, by priority",
+            ["priority"],
+            registry=r,
+        )
+        self.admission_waits = Counter(
+            "polyroute_admission_waits",
+            "Requests that waited for an in-flight slot, by result (admitted, timed_out)",
+            ["result"],
+            registry=r,
+        )
+        self.traffic_store_errors = Counter(
+            "polyroute_traffic_store_errors",
+            "Failed calls to the limits and budgets store, by operation and what the request "
+            "got (admitted: rate limits fail open; refused: budgets fail closed; "
+            "reservation_kept: a failed settlement)",
+            ["op", "action"],
+            registry=r,
+        )
 
 
 def render(registry: CollectorRegistry) -> bytes:

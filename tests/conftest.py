@@ -3,6 +3,8 @@ a small policy bundle trained on it once per session."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +74,22 @@ def bundle(bundle_dir: Path) -> PolicyBundle:
     """A fresh copy of the session's bundle for each test module (a module may change its
     policy's state, by learning or by predicting; no module sees another's changes)."""
     return PolicyBundle.load(bundle_dir)
+
+
+@pytest.fixture()
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test alone (parallel runs never share keys); its keys are
+    deleted after the test."""
+    name = f"polyroute-test-{uuid.uuid4().hex[:12]}"
+    yield name
+    try:
+        import redis
+        from services import REDIS
+
+        client = redis.Redis(*REDIS, socket_timeout=2)
+        keys = list(client.scan_iter(match=f"{name}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    except Exception:  # Redis down: nothing was written
+        pass

@@ -11,6 +11,7 @@ from typing import NoReturn
 import pytest
 
 REQUIRE_ENV = "POLYROUTE_REQUIRE_SERVICES"
+REDIS = ("127.0.0.1", 6379)  # the development machines' and CI's Redis
 
 
 def services_required() -> bool:

@@ -46,6 +46,11 @@ def test_example_config_is_valid() -> None:
     assert len(config.models) == 29
     assert {"default", "budget"} <= set(config.profiles)
     assert config.tenants[0].data_classes == {"phi"}
+    # limits, budgets and priorities (router/traffic/) are shown in the example
+    demo, batch = config.tenants
+    assert demo.tokens_per_minute == 200_000 and demo.budget_usd_per_day == 5.0
+    assert batch.priority < demo.priority and config.admission.queue_wait_ms == 50
+    assert config.traffic.store == "memory"
 
 
 def test_providers_example_is_valid_and_names_bundled_models() -> None:
@@ -119,6 +124,14 @@ def _set(path: str, value: Any) -> dict[str, Any]:
         (_set("policy.canary.share", 0.9), r"policy\.canary\.share: .*less than or equal"),
         (_set("policy.canary.alpha", 0), r"policy\.canary\.alpha: .*greater than 0"),
         (_set("admin_api_key_sha256", "secret"), r"admin_api_key_sha256: .*pattern"),
+        (
+            _set("tenants", [{"name": "t", "api_key_sha256": "a" * 64, "tokens_per_minute": 0}]),
+            r"tenants\.0\.tokens_per_minute: .*greater than 0",
+        ),
+        (_set("traffic.store", "memcached"), r"traffic\.store: .*'memory' or 'redis'"),
+        (_set("traffic.timeout_ms", 0), r"traffic\.timeout_ms: .*greater than 0"),
+        (_set("admission.lowest_priority_share", 0), r"admission\.lowest_priority_share"),
+        (_set("admission.queue_min_priority", 10), r"admission\.queue_min_priority"),
         ("- just\n- a list\n", r"expected a mapping"),
         ("models: [unclosed\n", r"not valid YAML"),
     ],

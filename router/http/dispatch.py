@@ -348,6 +348,7 @@ def _outcome(
     )
     if gateway.canary is not None:
         gateway.canary.on_outcome(decision.decision_id, error, cost, seconds * 1000)
+    gateway.settle(decision.decision_id, cost)  # the tenant's budget: the actual cost
     try:
         gateway.sink.emit(outcome)
     except EventLogError:

@@ -26,6 +26,7 @@ from fastapi.responses import Response
 from features.errors import (
     AuthError,
     BodyTooLargeError,
+    BudgetExceededError,
     ConfigError,
     DatasetError,
     EventLogError,
@@ -35,7 +36,10 @@ from features.errors import (
     OverloadedError,
     PolicyError,
     PolyrouteError,
+    RateLimitedError,
     RequestError,
+    ThrottledError,
+    TrafficStoreError,
     UpstreamError,
 )
 
@@ -48,7 +52,11 @@ STATUS: dict[type[PolyrouteError], int] = {
     BodyTooLargeError: 413,
     RequestError: 400,
     DatasetError: 422,
+    RateLimitedError: 429,  # with Retry-After from the limiter
+    BudgetExceededError: 429,  # with Retry-After: the next UTC midnight
+    ThrottledError: 429,
     OverloadedError: 503,  # with Retry-After
+    TrafficStoreError: 503,  # a budget cannot be checked: refused (fail closed), Retry-After
     EventLogError: 503,  # the service refuses a request it could not log
     UpstreamError: 502,
     ConfigError: 500,
@@ -113,8 +121,12 @@ def error_of(exc: PolyrouteError) -> Response:
     status = status_of(exc)
     param = exc.param if isinstance(exc, RequestError) else None
     response = error_response(status, str(exc), param=param, code=code_of(type(exc)))
-    if isinstance(exc, OverloadedError):
+    if isinstance(exc, OverloadedError | TrafficStoreError):
         response.headers["retry-after"] = "1"  # the OpenAI SDKs back off and retry
+    elif isinstance(exc, ThrottledError):
+        # whole seconds in Retry-After (RFC 9110); the OpenAI SDKs read retry-after-ms first
+        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+        response.headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after_s * 1000)))
     elif isinstance(exc, ModelsUnavailableError):
         response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
     return response

@@ -24,6 +24,9 @@ from router.http.auth import require_admin, tenant_of
 from router.pipeline import Decision, DecisionEngine
 from router.prometheus import GatewayMetrics
 from router.reload import BundleSource, PolicyReloader
+from router.traffic import build_store
+from router.traffic.admission import Admission
+from router.traffic.limits import Reservation, Traffic
 from router.upstream import UpstreamClient
 
 RECENT_DECISIONS = 100_000  # decisions kept in memory to validate feedback ids
@@ -71,7 +74,9 @@ class Gateway:
         self.tenants = {t.api_key_sha256: t for t in config.tenants}
         self.versions = {m.name: m.version for m in config.models}
         self.recent: OrderedDict[str, float] = OrderedDict()  # decision id -> feedback seen
-        self.in_flight = 0  # routed requests being handled (until the response starts)
+        self.admission = Admission(config.max_in_flight, config.admission, self.metrics)
+        self.traffic = Traffic(config, build_store(config.traffic), self.metrics)
+        self.reservations: dict[str, Reservation] = {}  # decision id -> budget reservation
         self.client: UpstreamClient | None = None
 
     def _on_transition(self, model: str, url: str, model_state: str) -> None:
@@ -175,6 +180,13 @@ class Gateway:
             return False
         raw, mac = decision_id[:-16], decision_id[-16:]
         return hmac.compare_digest(mac, self._mac(raw))
+
+    def settle(self, decision_id: str, cost_usd: float) -> None:
+        """The outcome of ``decision_id`` cost ``cost_usd``: settle its budget reservation (if
+        it has one; 0 releases it)."""
+        reservation = self.reservations.pop(decision_id, None)
+        if reservation is not None:
+            self.traffic.settle(reservation, cost_usd)
 
     def remember(self, decision_id: str) -> None:
         self.recent[decision_id] = 0

@@ -14,14 +14,16 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
-from features.errors import NotFoundError, OverloadedError, PolyrouteError, RequestError
+from features.errors import BudgetExceededError, NotFoundError, PolyrouteError, RequestError
 from router.canary import Arm
+from router.eligibility import BUDGET_RULE
 from router.events.models import FeedbackEvent
-from router.http.dispatch import dispatch, force, unfinished
+from router.http.dispatch import dispatch, fallback_order, force, unfinished
 from router.http.errors import error_of, error_response
 from router.http.gateway import Gateway
-from router.http.request import json_body, parse_chat, shown
+from router.http.request import ChatRequest, json_body, parse_chat, shown
 from router.prometheus import render
+from router.traffic.limits import effective_priority
 
 logger = logging.getLogger(__name__)
 
@@ -145,20 +147,19 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         }
 
     async def chat(request: Request) -> Response:
-        # admission: the event loop is single-threaded, so the check and the increment are atomic
-        if gateway.in_flight >= config.max_in_flight:
-            raise OverloadedError(
-                f"overloaded: {gateway.in_flight} requests in flight (max_in_flight "
-                f"{config.max_in_flight}); retry shortly"
-            )
-        gateway.in_flight += 1
         start = time.perf_counter()
+        body = await json_body(request)
+        call = parse_chat(request, body, config, gateway.health.models, gateway.tenant)
+        # admission by priority: the event loop is single-threaded, so check and count are one
+        priority = effective_priority(call.tenant, call.hints)
+        if not gateway.admission.try_acquire(priority):
+            await gateway.admission.acquire(priority)  # waits, or refuses with 503
         try:
-            return await _chat(request)
+            return await _chat(request, call, start)
         except BaseException as exc:  # free unless raised
             return failed(request, exc, time.perf_counter() - start)
         finally:
-            gateway.in_flight -= 1
+            gateway.admission.release()
 
     def failed(request: Request, exc: BaseException, seconds: float) -> Response:
         """A chat call that raised: a logged decision gets its outcome (no decision is left
@@ -174,49 +175,75 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         gateway.metrics.errors.labels("internal_error").inc()
         return internal_error(decision.decision_id if decision is not None else None)
 
-    async def _chat(request: Request) -> Response:
-        start = time.perf_counter()
-        body = await json_body(request)
-        call = parse_chat(request, body, config, gateway.health.models, gateway.tenant)
+    async def _chat(request: Request, call: ChatRequest, start: float) -> Response:
+        traffic = gateway.traffic
+        limits = traffic.limits_of(call.tenant)  # None: no limits, nothing to do here
+        admitted = None
+        if limits is not None:  # rate limits (429) and the budget left
+            admitted = await traffic.admit(limits, call.input_tokens, call.max_out)
         engine = gateway.engine  # read once: a hot reload may swap it while we await
         arm: Arm = "champion"
         canary = gateway.canary if call.override is None else None  # pass-through: no policy
         if canary is not None:
             arm = canary.choose()  # a coin independent of the request (keeps IPS valid)
             engine = canary.engine if arm == "challenger" and canary.engine else engine
-        decision = engine.decide(
-            call.text,
-            call.n_turns,
-            call.input_tokens,
-            call.max_out,
-            call.hints,
-            call.tenant.data_classes if call.tenant else None,
-            gateway.health.unhealthy(),
-            gateway.health.latency_factors(),
-        )
+        try:
+            decision = engine.decide(
+                call.text,
+                call.n_turns,
+                call.input_tokens,
+                call.max_out,
+                call.hints,
+                call.tenant.data_classes if call.tenant else None,
+                gateway.health.unhealthy(),
+                gateway.health.latency_factors(),
+                budget_remaining_usd=admitted.remaining_usd if admitted else None,
+            )
+        except BudgetExceededError as exc:  # no eligible model's maximum cost fits
+            assert admitted is not None
+            raise traffic.over_budget(admitted, str(exc).removeprefix("budget: ")) from exc
         decision = gateway.signed(decision)
         if call.override:
+            if admitted is not None and call.requested in decision.removed.get(BUDGET_RULE, ()):
+                raise traffic.over_budget(
+                    admitted, f"model {call.requested!r}'s maximum cost for this request is over "
+                    "what is left"
+                )  # fmt: skip
             decision = force(decision, call.requested)
-        # logged first: a decision the log refused (503) is not served and takes no feedback
-        gateway.sink.emit(
-            gateway.decision_event(
-                engine, decision, call.tenant, call.hints, call.override, call.text
+        reservation = None
+        if admitted is not None:  # hold the request's maximum cost until its outcome
+            # every model dispatch may try: the chosen one, then its fallbacks in order
+            models = [decision.chosen]
+            if call.override is None:
+                models = fallback_order(decision, config.fallback)
+                models = models[: config.resilience.max_attempts]
+            reservation = await traffic.reserve(admitted, models, call.input_tokens, call.max_out)
+        if reservation is not None:
+            gateway.reservations[decision.decision_id] = reservation
+        try:
+            # logged first: a decision the log refused (503) is not served and takes no feedback
+            gateway.sink.emit(
+                gateway.decision_event(
+                    engine, decision, call.tenant, call.hints, call.override, call.text
+                )
             )
-        )
-        request.scope[LOGGED] = decision  # from here on, a failure must log its outcome
-        gateway.remember(decision.decision_id)
-        if canary is not None:
-            canary.on_decision(decision.decision_id, arm)
-        gateway.metrics.decisions.labels(decision.chosen).inc()
-        return await dispatch(
-            gateway,
-            body,
-            decision,
-            start,
-            call.stream,
-            call.input_tokens,
-            fallback=call.override is None,  # a caller who named the model gets that model
-        )
+            request.scope[LOGGED] = decision  # from here on, a failure must log its outcome
+            gateway.remember(decision.decision_id)
+            if canary is not None:
+                canary.on_decision(decision.decision_id, arm)
+            gateway.metrics.decisions.labels(decision.chosen).inc()
+            return await dispatch(
+                gateway,
+                call.body,
+                decision,
+                start,
+                call.stream,
+                call.input_tokens,
+                fallback=call.override is None,  # a caller who named the model gets that model
+            )
+        except BaseException:
+            gateway.settle(decision.decision_id, 0.0)  # no outcome came: release the budget
+            raise
 
     # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
     # FastAPI's per-request dependency solving and response validation would only cost time
