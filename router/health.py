@@ -251,6 +251,8 @@ class HealthBoard:
         EWMA latency x (outstanding + 1) by default, or smooth weighted round robin."""
         state = self.models[model]
         now = self._clock()
+        if not state.breaker.allows(now):
+            return None  # open, or half-open with its probes already out
         if len(state.instances) == 1:
             inst = state.instances[0]
             return inst.url if inst.url not in exclude and inst.breaker.allows(now) else None
@@ -282,6 +284,10 @@ class HealthBoard:
         inst = self._instance(state, url)
         inst.outstanding += 1
         inst.breaker.started()
+        if state.breaker.state == HALF_OPEN or inst.breaker.state == HALF_OPEN:
+            # a probe is out: the model is not eligible again until it comes back (else every
+            # request of the next moments would choose it and find no call allowed)
+            self._refresh()
 
     def finished(
         self,

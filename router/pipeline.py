@@ -57,6 +57,9 @@ class Decision:
     # nanoseconds per stage of decide_ns, in the order of STAGES: features, cost model,
     # eligibility, policy (the actions and their pmf), sampling (with the decision id)
     stages_ns: tuple[int, ...] = ()
+    # the live latency factor applied to the chosen model's prediction (router.health): the
+    # prediction before it is expected_latency_ms / latency_factor
+    latency_factor: float = 1.0
 
 
 STAGES = ("features", "cost_model", "eligibility", "policy", "sampling")
@@ -82,6 +85,7 @@ class DecisionEngine:
         catalogue = bundle.catalogue
         # the config's prices per catalogue column (0 for catalogue models not in the config)
         self._names = [m.name for m in config.models]
+        self._name_index = {name: i for i, name in enumerate(self._names)}
         self._columns = np.array([catalogue.index[m.name] for m in config.models], dtype=np.intp)
         self._price_in = np.zeros(len(catalogue.names))
         self._price_out = np.zeros(len(catalogue.names))
@@ -187,6 +191,9 @@ class DecisionEngine:
             expected_latency_ms=chosen.expected_latency_ms,
             removed=eligibility.removed,
             reward=policy.reward,
+            latency_factor=1.0
+            if latency_factors is None
+            else float(latency_factors[self._name_index[names[k]]]),
             decide_ns=end - start,
             stages_ns=(
                 t_features - start,

@@ -176,6 +176,12 @@ def test_a_failing_model_becomes_ineligible_and_the_pmf_is_over_the_others(bundl
     assert d.removed["unhealthy (circuit open)"] == [name]
     clock.now += config.resilience.breaker.open_s
     assert board.unhealthy() == frozenset()  # half-open: eligible again, the next call probes
+    assert board.pick(name) == url
+    board.started(name, url)
+    assert board.unhealthy() == {name}  # while its one probe is out
+    assert board.pick(name) is None
+    board.finished(name, url, True, 0.01)
+    assert board.unhealthy() == frozenset() and board.state(name) == "closed"
 
 
 def test_a_model_is_unhealthy_only_when_every_instance_is_open() -> None:

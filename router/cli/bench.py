@@ -188,6 +188,7 @@ def _bench_chaos(args: argparse.Namespace) -> int:
         Path(args.workdir),
         scenarios,
         args.base_delay_ms,
+        args.workers,
     )
     table = chaos_table(rows)
     print(table)
@@ -313,6 +314,9 @@ def add_commands(sub: Any) -> None:
         "--workdir",
         default=".polyroute/chaos",
         help="configs and events (default .polyroute/chaos)",
+    )
+    chaos.add_argument(
+        "--workers", type=int, default=1, help="gateway worker processes (default 1)"
     )
     chaos.add_argument("--out", help="write the table (.md) and rows (.json) here")
     chaos.set_defaults(func=_bench_chaos)

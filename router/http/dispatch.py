@@ -165,7 +165,10 @@ async def dispatch(
                         raise _Stop
                     tried.append(url)
                     first_call = now if first_call is None else first_call
-                    expected = decision.expected_latency_ms if name == decision.chosen else None
+                    # the prediction before live factors: health judges latency against it
+                    expected: float | None = None
+                    if name == decision.chosen:
+                        expected = decision.expected_latency_ms / decision.latency_factor
                     overhead_ms = (now - start) * 1000
                     health.started(name, url)
                     try:

@@ -40,7 +40,8 @@ import yaml
 
 from features.errors import ConfigError
 from router.events.file_sink import event_files
-from training.bench.overhead import _cpu_seconds, _wait, free_port
+from training.bench.mock_upstream import install_uvloop
+from training.bench.overhead import HttpError, KeepAliveClient, _cpu_seconds, _wait, free_port
 
 SCENARIOS = (
     "healthy",
@@ -89,55 +90,66 @@ def _children(pid: int) -> list[int]:
 
 
 async def _load(
-    url: str,
+    port: int,
     prompts: list[str],
     rate: float,
     seconds: float,
     at_third: Any,
 ) -> list[dict[str, Any]]:
     """Send ``rate`` requests/s for ``seconds`` on a fixed schedule; call ``at_third()`` once a
-    third of the way. One record per request."""
+    third of the way. One record per request. The client is the overhead benchmark's minimal
+    keep-alive one (httpx would take a core of this 2-core machine at 200 requests/s)."""
     n = int(rate * seconds)
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
+    bodies = [
+        {"model": "auto", "max_tokens": 64, "messages": [{"role": "user", "content": p}]}
+        for p in prompts
+    ]
+    client = KeepAliveClient("127.0.0.1", port, "/v1/chat/completions", bodies)
     records: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(timeout=TIMEOUT_S, limits=limits) as client:
 
-        async def one(i: int, sent: float) -> None:
-            body = {
-                "model": "auto",
-                "max_tokens": 64,
-                "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
-            }
-            start = time.perf_counter()
-            record: dict[str, Any] = {"i": i, "t": sent}
-            try:
-                response = await client.post(url, json=body)
-            except httpx.HTTPError as exc:
-                record.update(status=None, error=type(exc).__name__)
-            else:
-                record.update(
-                    status=response.status_code,
-                    error=None if response.status_code == 200 else f"http_{response.status_code}",
-                    model=response.headers.get("x-polyroute-model"),
-                    decision_id=response.headers.get("x-polyroute-decision-id"),
-                    retry_after=response.headers.get("retry-after"),
-                )
-            record["latency_ms"] = (time.perf_counter() - start) * 1000
-            records.append(record)
+    async def one(i: int, sent: float) -> None:
+        start = time.perf_counter()
+        record: dict[str, Any] = {"i": i, "t": sent}
+        try:
+            status, head = await client.post(i)
+        except HttpError as exc:
+            message = str(exc)
+            record.update(status=None, error=message.split("(", 1)[0] or "error")
+        else:
+            record.update(
+                status=status,
+                error=None if status == 200 else f"http_{status}",
+                model=_text_header(head, b"x-polyroute-model"),
+                decision_id=_text_header(head, b"x-polyroute-decision-id"),
+                retry_after=_text_header(head, b"retry-after"),
+            )
+        record["latency_ms"] = (time.perf_counter() - start) * 1000
+        records.append(record)
 
-        tasks = []
-        begin = time.perf_counter()
-        fired = False
-        for i in range(n):
-            delay = begin + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if not fired and i >= n // 3:
-                fired = True
-                at_third()
-            tasks.append(asyncio.create_task(one(i, time.perf_counter() - begin)))
-        await asyncio.gather(*tasks)
+    tasks = []
+    begin = time.perf_counter()
+    fired = False
+    for i in range(n):
+        delay = begin + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not fired and i >= n // 3:
+            fired = True
+            at_third()
+        tasks.append(asyncio.create_task(one(i, time.perf_counter() - begin)))
+    await asyncio.gather(*tasks)
+    client.close()
+    if records:  # resends of a request whose reused connection was reset before any answer
+        records[0]["client_resends"] = client.retries
     return records
+
+
+def _text_header(head: bytes, name: bytes) -> str | None:
+    at = head.find(b"\r\n" + name + b":")
+    if at < 0:
+        return None
+    start = at + len(name) + 3
+    return head[start : head.find(b"\r\n", start)].decode().strip()
 
 
 def _events(directory: Path) -> tuple[set[str], set[str], int]:
@@ -189,6 +201,7 @@ def _summary(
         "p99_after_200_ms": float(np.percentile(after, 99)) if after.size else None,
         "target_share": sum(1 for r in ok if r.get("model") == target) / max(1, len(ok)),
         "router_cpu_ms_per_req": cpu_ms_per_req,
+        "client_resends": sum(r.get("client_resends", 0) for r in records),
     }
     if fault_at is not None:
         # the target's share after the fault, and when it last served a request
@@ -217,8 +230,10 @@ def run_scenario(
     seconds: float,
     workdir: Path,
     base_delay_ms: float = 20.0,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """One scenario, start to finish (its processes are stopped whatever happens)."""
+    """One scenario, start to finish (its processes are stopped whatever happens); ``workers``
+    gateway processes (``worker_killed`` runs at least two)."""
     if scenario not in SCENARIOS:
         raise ConfigError(f"scenario: expected one of {list(SCENARIOS)}, got {scenario!r}")
     work = workdir / scenario
@@ -236,13 +251,17 @@ def run_scenario(
     for model in raw["models"]:
         model["provider"]["base_url"] = f"http://127.0.0.1:{healthy_port}/v1"
         model.pop("instances", None)
+        # the deployment's real speed, as an operator states it: every mock answers in
+        # base_delay_ms whatever it is asked (live latency is judged against this prediction)
+        model["ttft_ms"] = base_delay_ms
+        model["tokens_per_s"] = 1e6
         if model["name"] == target:
             model["instances"] = [{"base_url": f"http://127.0.0.1:{p}/v1"} for p in target_ports]
     raw["tenants"] = []
     raw.setdefault("events", {})["directory"] = str(work / "events")
     config = work / "router.yaml"
     config.write_text(yaml.safe_dump(raw))
-    workers = 2 if scenario == "worker_killed" else 1
+    workers = max(workers, 2) if scenario == "worker_killed" else workers
     cmd = [sys.executable, "-m", "router.cli", "serve", "--config", str(config)]
     cmd += ["--bundle", bundle_path, "--port", str(router_port), "--workers", str(workers)]
     procs["router"] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -264,12 +283,12 @@ def run_scenario(
                 if candidates:
                     os.kill(candidates[0], signal.SIGKILL)
 
-        url = f"http://127.0.0.1:{router_port}/v1/chat/completions"
-        asyncio.run(_load(url, prompts[::-1], 20, 3, lambda: None))  # warm-up, not measured
+        install_uvloop()
+        asyncio.run(_load(router_port, prompts[::-1], 20, 3, lambda: None))  # warm-up
         pids = [procs["router"].pid, *_children(procs["router"].pid)]
         cpu_before = sum(_cpu_seconds(p) for p in pids)
         begin[0] = time.perf_counter()
-        records = asyncio.run(_load(url, prompts, rate, seconds, inject))
+        records = asyncio.run(_load(router_port, prompts, rate, seconds, inject))
         cpu_after = sum(_cpu_safe(p) for p in pids)
         try:  # which breakers are open at the end, and why
             health = httpx.get(f"http://127.0.0.1:{router_port}/admin/health", timeout=5).json()
@@ -281,6 +300,7 @@ def run_scenario(
         except (httpx.HTTPError, ValueError, KeyError):
             opened = {"?": "health not readable"}
     finally:
+        asyncio.set_event_loop_policy(None)
         router = procs.pop("router")
         router.send_signal(signal.SIGTERM)  # drains the event queue
         try:
@@ -301,6 +321,7 @@ def run_scenario(
         1000 * (cpu_after - cpu_before) / max(1, len(records)),
     )
     row["breakers_not_closed_at_end"] = opened
+    row["workers"] = workers
     return row
 
 
@@ -328,12 +349,22 @@ def run_chaos(
     workdir: Path,
     scenarios: tuple[str, ...] = SCENARIOS,
     base_delay_ms: float = 20.0,
+    workers: int = 1,
 ) -> list[dict[str, Any]]:
     """Every scenario in turn; one row each."""
     target = target_model(config_path, bundle_path, prompts)
     return [
         run_scenario(
-            s, config_path, bundle_path, prompts, target, rate, seconds, workdir, base_delay_ms
+            s,
+            config_path,
+            bundle_path,
+            prompts,
+            target,
+            rate,
+            seconds,
+            workdir,
+            base_delay_ms,
+            workers,
         )
         for s in scenarios
     ]
@@ -342,11 +373,12 @@ def run_chaos(
 def chaos_table(rows: list[dict[str, Any]]) -> str:
     """A markdown table of the rows."""
     head = (
-        "| scenario | served | errors by class | p50 ms | p99 ms | p99 after 200 ms "
+        "| scenario | workers | served | errors by class | p50 ms | p99 ms | p99 after 200 ms "
         "| target share | target share after fault | target last served after fault (s) "
-        "| served w/o decision event | decisions w/o outcome | router CPU ms/req |"
+        "| served w/o decision event | decisions w/o outcome | client resends "
+        "| router CPU ms/req |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
 
     def f(value: Any, digits: int = 1) -> str:
         return "" if value is None else f"{value:.{digits}f}"
@@ -354,11 +386,12 @@ def chaos_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         errors = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
         lines.append(
-            f"| {r['scenario']} | {r['served']}/{r['requests']} ({100 * r['served_share']:.2f}%) "
+            f"| {r['scenario']} | {r['workers']} | {r['served']}/{r['requests']} "
+            f"({100 * r['served_share']:.2f}%) "
             f"| {errors} | {f(r['p50_ms'])} | {f(r['p99_ms'])} | {f(r['p99_after_200_ms'])} "
             f"| {f(r['target_share'], 3)} | {f(r.get('target_share_after_fault'), 3)} "
             f"| {f(r.get('target_last_served_s_after_fault'), 2)} "
             f"| {r['served_without_decision_event']} | {r['decisions_without_outcome']} "
-            f"| {f(r['router_cpu_ms_per_req'], 2)} |"
+            f"| {r['client_resends']} | {f(r['router_cpu_ms_per_req'], 2)} |"
         )
     return "\n".join(lines)

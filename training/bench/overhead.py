@@ -86,30 +86,40 @@ class KeepAliveClient:
     2-core machine the load generator competes with what it measures.
     """
 
-    def __init__(self, host: str, port: int, path: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, host: str, port: int, path: str, body: dict[str, Any] | list[dict[str, Any]]
+    ) -> None:
         self.host, self.port = host, port
-        payload = json.dumps(body).encode()
-        self.request = (
-            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(payload)}\r\n\r\n"
-        ).encode() + payload
+        self.requests = [
+            (
+                f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
+            ).encode()
+            + payload
+            for payload in (
+                json.dumps(b).encode() for b in (body if isinstance(body, list) else [body])
+            )
+        ]
+        self.request = self.requests[0]
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.retries = 0
 
-    async def post(self) -> tuple[int, bytes]:
-        """Status and head (lowercased) of one response; raises HttpError.
+    async def post(self, k: int = 0) -> tuple[int, bytes]:
+        """Status and head (lowercased) of one response to body ``k`` (modulo their number);
+        raises HttpError.
 
         An idle connection the server has closed meanwhile (uvicorn closes keep-alive
         connections idle for 5 s) is dropped before use, as httpx does; one that the server
         closes just as the request goes out fails with nothing read, and the request is sent
         once more on a new connection (the server never saw it)."""
+        request = self.requests[k % len(self.requests)]
         try:
-            return await self._post()
+            return await self._post(request)
         except _StaleConnectionError:
             self.retries += 1
-            return await self._post(fresh=True)
+            return await self._post(request, fresh=True)
 
-    async def _post(self, fresh: bool = False) -> tuple[int, bytes]:
+    async def _post(self, request: bytes, fresh: bool = False) -> tuple[int, bytes]:
         conn = None
         while self._idle and not fresh:
             conn = self._idle.pop()
@@ -123,7 +133,7 @@ class KeepAliveClient:
                 if conn is None:
                     conn = await asyncio.open_connection(self.host, self.port)
                 reader, writer = conn
-                writer.write(self.request)
+                writer.write(request)
                 head = (await reader.readuntil(b"\r\n\r\n")).lower()
                 at = head.find(b"\r\ncontent-length:")
                 if at < 0:
