@@ -37,6 +37,7 @@ from router.events.writer import BackgroundEventWriter
 from router.http.gateway import EventSink, Gateway
 from router.http.routes import add_routes
 from router.reload import BundleSource
+from router.traffic.shared_health import SharedBreakers
 from router.upstream import UpstreamClient
 
 __all__ = ["FROM_CONFIG", "EventSink", "Gateway", "app_from_env", "create_app"]
@@ -110,6 +111,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway.client = UpstreamClient(config.timeouts, transport)
         await gateway.traffic.start()
+        shared = None
+        if config.traffic.store == "redis":  # breakers shared by workers and replicas
+            shared = SharedBreakers(
+                gateway.health,
+                gateway.traffic.store,
+                config.traffic.key_prefix,
+                config.resilience.share_interval_s,
+                gateway.metrics,
+            )
+            shared.start()
         with suppress(PolyrouteError):  # lazy set-up of the first decision: not on a caller
             gateway.engine.decide("warm-up", 1, 4, 16, RequestHints())
         if freeze_gc:
@@ -123,6 +134,8 @@ def create_app(
             for reloader in gateway.reloaders.values():
                 await anyio.to_thread.run_sync(reloader.stop)
             await gateway.client.aclose()
+            if shared is not None:
+                await shared.stop()
             await gateway.traffic.aclose()
             close = getattr(sink, "close", None)
             if owns_sink and close is not None:

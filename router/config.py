@@ -184,6 +184,9 @@ class ResilienceConfig(_Strict):
     slow_ratio: Annotated[float, Field(gt=1)] | None = 5.0
     slow_min_calls: Annotated[int, Field(ge=1)] = 10  # calls before a model's latency counts
     ewma_alpha: Annotated[float, Field(gt=0, le=1)] = 0.2
+    # with traffic.store redis: how often breaker states are exchanged with the other workers
+    # and replicas (router.traffic.shared_health)
+    share_interval_s: PositiveFloat = 0.5
 
 
 class EventsConfig(_Strict):

@@ -218,6 +218,10 @@ class HealthBoard:
         self._factors_at = -math.inf
         self.transitions = 0  # state changes, for metrics and tests
         self.on_transition: Callable[[str, str, str], None] | None = None
+        # shared with other workers and replicas (router.traffic.shared_health): models another
+        # process found open, until when; and this process's own changes not yet published
+        self.shared_open: dict[str, float] = {}
+        self.to_publish: dict[str, float | None] = {}  # model -> seconds open, None: closed
 
     # ---- eligibility ----------------------------------------------------------------------
     def unhealthy(self) -> frozenset[str]:
@@ -232,10 +236,15 @@ class HealthBoard:
         out = set()
         next_check = math.inf
         for state in self.models.values():
-            if not state.breaker.allows(now) or not any(
-                i.breaker.allows(now) for i in state.instances
+            shared = self.shared_open.get(state.name, 0.0)
+            if (
+                shared > now
+                or not state.breaker.allows(now)
+                or not any(i.breaker.allows(now) for i in state.instances)
             ):
                 out.add(state.name)
+            if shared > now:
+                next_check = min(next_check, shared)
             for b in (state.breaker, *(i.breaker for i in state.instances)):
                 if b.state == OPEN:
                     next_check = min(next_check, b.open_until)
@@ -339,6 +348,12 @@ class HealthBoard:
 
     def _changed(self, model: str, url: str | None) -> None:
         self.transitions += 1
+        breaker = self.models[model].breaker
+        if breaker.state == OPEN:
+            self.to_publish[model] = breaker.open_until - self._clock()
+        elif breaker.state == CLOSED:
+            self.to_publish[model] = None
+            self.shared_open.pop(model, None)  # our own probe found it back
         self._refresh()
         if self.on_transition is not None:
             state = self.models[model]
@@ -349,6 +364,22 @@ class HealthBoard:
             if inst.url == url:
                 return inst
         raise KeyError(f"{state.name} has no instance {url}")
+
+    # ---- shared state ---------------------------------------------------------------------
+    def take_published(self) -> tuple[dict[str, float], list[str]]:
+        """The model breakers that opened (for how long) and closed since the last call."""
+        changes, self.to_publish = self.to_publish, {}
+        opened = {m: s for m, s in changes.items() if s is not None and s > 0}
+        return opened, [m for m, s in changes.items() if s is None]
+
+    def apply_shared(self, open_for_s: dict[str, float]) -> None:
+        """Another process's view: each model open for so many more seconds (0: not open)."""
+        now = self._clock()
+        shared = {m: now + s for m, s in open_for_s.items() if s > 0}
+        if shared.keys() != self.shared_open.keys():
+            self.transitions += 1
+        self.shared_open = shared
+        self._refresh()
 
     # ---- live latency -----------------------------------------------------------------------
     def _reference(self, state: ModelState) -> float | None:

@@ -9,6 +9,16 @@ from router.events.models import Event
 USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
 
 
+class Clock:
+    """A clock the test moves by hand (``clock.now += seconds``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class ListSink:
     """Collects events in memory (the file and PostgreSQL sinks are tested on their own)."""
 

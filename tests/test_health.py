@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fakes import ListSink, completion
+from fakes import Clock, ListSink, completion
 from fastapi.testclient import TestClient
 
 from features.errors import ConfigError
@@ -28,14 +28,6 @@ from router.pipeline import DecisionEngine
 from training.bundle_train import train_bundle
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def answer(model: str) -> httpx.Response:

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import Clock
 from fastapi.testclient import TestClient
 from loopback import free_port
 from services import REDIS, require_tcp
@@ -129,14 +130,6 @@ def budget_of(client: TestClient, name: str) -> tuple[int, int]:
 
 
 # ---- the in-memory store: GCRA and budgets --------------------------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_gcra_admits_a_minute_at_once_then_refills_at_the_rate() -> None:
     clock = Clock()
     store = MemoryStore(clock)
@@ -144,9 +137,9 @@ def test_gcra_admits_a_minute_at_once_then_refills_at_the_rate() -> None:
     taken = [asyncio.run(store.take([five], None)) for _ in range(6)]
     assert [t.refused for t in taken] == [-1] * 5 + [0]
     assert taken[-1].retry_after_s == pytest.approx(12)
-    clock.t += 11.9
+    clock.now += 11.9
     assert asyncio.run(store.take([five], None)).refused == 0
-    clock.t += 0.1
+    clock.now += 0.1
     assert asyncio.run(store.take([five], None)).refused == -1  # exactly one more after 12 s
     assert asyncio.run(store.take([five], None)).refused == 0
 

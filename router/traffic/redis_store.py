@@ -156,6 +156,26 @@ class RedisStore:
         )
         return Reserved(bool(ok), int(spent), int(reserved))
 
+    async def sync_open(
+        self, opened: dict[str, float], closed: Sequence[str], keys: Sequence[str]
+    ) -> list[float]:
+        """One pipeline (MULTI/EXEC): SET ... PX for the opened, DEL for the closed, PTTL of
+        every key (a key's TTL is how long its breaker stays open)."""
+
+        async def run() -> list[float]:
+            assert self._client is not None
+            async with self._client.pipeline(transaction=True) as pipe:
+                for key, seconds in opened.items():
+                    pipe.set(key, b"1", px=max(1, int(seconds * 1000)))
+                if closed:
+                    pipe.delete(*closed)
+                for key in keys:
+                    pipe.pttl(key)
+                replies = await pipe.execute()
+            return [max(0, int(ms)) / 1000 for ms in replies[-len(keys) :]] if keys else []
+
+        return await self._run(run)
+
     async def settle(self, budget_key: str, reserved_nusd: int, actual_nusd: int) -> None:
         await self._run(
             lambda: self._scripts["settle"](

@@ -95,6 +95,14 @@ class TrafficStore(Protocol):
 
     async def settle(self, budget_key: str, reserved_nusd: int, actual_nusd: int) -> None: ...
 
+    async def sync_open(
+        self, opened: dict[str, float], closed: Sequence[str], keys: Sequence[str]
+    ) -> list[float]:
+        """Shared circuit breakers (``router.traffic.shared_health``): mark ``opened`` keys
+        open for their seconds, clear ``closed`` ones, and return how long each of ``keys``
+        stays open (0: not open), all in one round trip."""
+        ...
+
 
 class MemoryStore:
     """The store of one process: dictionaries, microseconds per call.
@@ -107,6 +115,7 @@ class MemoryStore:
         self._clock = clock
         self._tat: dict[str, float] = {}
         self._budgets: dict[str, list[float]] = {}  # key -> [spent, reserved, expires at]
+        self._open: dict[str, float] = {}  # breaker key -> open until
 
     async def start(self) -> None:
         return None
@@ -160,3 +169,13 @@ class MemoryStore:
 
     async def settle(self, budget_key: str, reserved_nusd: int, actual_nusd: int) -> None:
         self.settle_now(budget_key, reserved_nusd, actual_nusd)
+
+    async def sync_open(
+        self, opened: dict[str, float], closed: Sequence[str], keys: Sequence[str]
+    ) -> list[float]:
+        now = self._clock()
+        for key, seconds in opened.items():
+            self._open[key] = now + seconds
+        for key in closed:
+            self._open.pop(key, None)
+        return [max(0.0, self._open.get(key, now) - now) for key in keys]
