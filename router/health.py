@@ -332,6 +332,18 @@ class HealthBoard:
         if changed:
             self._changed(model, url)
 
+    def abandoned(self, model: str, url: str) -> None:
+        """A call given up by our side (the caller went away, the task was cancelled): it says
+        nothing about the upstream, but its load and any probe slot it held are released."""
+        state = self.models[model]
+        state.in_flight = max(0, state.in_flight - 1)
+        inst = self._instance(state, url)
+        inst.outstanding = max(0, inst.outstanding - 1)
+        for breaker in (state.breaker, inst.breaker):
+            if breaker.state == HALF_OPEN and breaker.probes > 0:
+                breaker.probes -= 1
+                self._refresh()
+
     def model_finished(self, model: str, ok: bool) -> None:
         """Record what one request got from ``model`` over all the instances it tried:
         answered (``ok``) or not. A model that answered but runs ``slow_ratio`` times slower

@@ -176,6 +176,23 @@ def test_a_failing_model_becomes_ineligible_and_the_pmf_is_over_the_others(bundl
     assert board.unhealthy() == frozenset() and board.state(name) == "closed"
 
 
+def test_an_abandoned_probe_frees_its_slot() -> None:
+    config = make_config(breaker={"consecutive_failures": 1})
+    clock = Clock()
+    board = HealthBoard(config, clock)
+    name = config.models[1].name
+    url = config.models[1].endpoints()[0].base_url
+    board.started(name, url)
+    board.finished(name, url, False, 0.01)
+    clock.now += config.resilience.breaker.open_s
+    assert board.pick(name) == url  # half-open: this call is the probe
+    board.started(name, url)
+    assert name in board.unhealthy()
+    board.abandoned(name, url)  # its caller went away
+    assert name not in board.unhealthy() and board.pick(name) == url
+    assert board.models[name].instances[0].outstanding == 0
+
+
 def test_a_model_is_unhealthy_only_when_every_instance_is_open() -> None:
     config = make_config(breaker={"consecutive_failures": 2})
     board = HealthBoard(config, Clock())

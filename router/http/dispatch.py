@@ -188,6 +188,10 @@ async def dispatch(
                         )
                         last = exc
                         continue
+                    except BaseException:  # cancelled (the caller left): not the upstream's fault
+                        health.abandoned(name, url)
+                        answered = True  # nothing to hold against the model
+                        raise
                     answered = True
                     if stream:  # the stream's end tells the model's breaker
                         return _streamed(
