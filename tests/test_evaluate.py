@@ -458,3 +458,21 @@ def test_train_and_evaluate_leave_out_the_same_pending_feedback(simulated: Simul
     assert set(result.event_ids) == set(rows.frame["event_id"])
     assert not recent & set(result.event_ids)
     assert old <= set(result.event_ids)  # unrated, not pending: evaluated at the default quality
+
+
+def test_a_fixed_model_baseline_is_valued_against_the_truth(simulated: SimulatedLog) -> None:
+    joined = join_events(simulated.events, join_window_s=3600.0)
+    top = joined["chosen_model"].value_counts().index[0]
+    name = f"fixed:{top}"
+    result = evaluate_policies(
+        joined, {"direct": simulated.bundles["direct"]}, baselines=("logging", name),
+        n_bootstrap=100, seed=3,
+    )  # fmt: skip
+    dist = result.action_dist[name]
+    column = result.models.index(top)
+    eligible = np.array([top in names for names in joined["eligible_models"]])
+    assert np.all(dist[eligible, column] == 1.0)  # always it, where it may serve
+    truth = simulated.true_value(result, name)
+    assert abs(result.table("reward").loc[(name, "dr"), "value"] - truth) < 0.05
+    with pytest.raises(PolicyError, match="baselines: unknown"):
+        evaluate_policies(joined, {}, baselines=("always",))

@@ -314,6 +314,41 @@ def test_gate_decisions(evaluation, config, promote: bool, reason: str) -> None:
     assert reason in decision.reason
 
 
+class FixedEvaluation(FakeEvaluation):
+    """Better than the champion; against "always a" / "always b" as given."""
+
+    def __init__(self, vs_fixed: dict[str, tuple[float, float, float]], values: dict[str, float]):
+        super().__init__(500, 0.05, 0.01, 0.09)
+        self.vs_fixed, self.values = vs_fixed, values
+        self.diagnostics |= {name: {"ess": 400.0} for name in values}
+
+    def improvement(self, candidate: str, baseline: str, estimator: str = "dr") -> dict:
+        if baseline in self.vs_fixed:
+            delta, low, high = self.vs_fixed[baseline]
+            return {"delta": delta, "low": low, "high": high, "alpha": 0.05}
+        return super().improvement(candidate, baseline, estimator)
+
+    def table(self, target: str = "reward") -> pd.DataFrame:
+        index = pd.MultiIndex.from_tuples([(n, "dr") for n in self.values])
+        return pd.DataFrame({"value": list(self.values.values())}, index=index)
+
+
+def test_the_gate_refuses_a_candidate_worse_than_the_best_fixed_model() -> None:
+    from training.promote import best_fixed, gate
+
+    values = {"fixed:a": 0.60, "fixed:b": 0.70}
+    worse = FixedEvaluation(
+        {"fixed:a": (0.05, 0.01, 0.09), "fixed:b": (-0.05, -0.09, -0.01)}, values
+    )
+    assert best_fixed(worse) == "fixed:b"
+    decision = gate(worse)
+    assert not decision.promote and "worse than 'fixed:b'" in decision.reason
+    # no clear difference from the best fixed model: promoted, and the reason says so
+    tied = FixedEvaluation({"fixed:a": (0.1, 0.06, 0.14), "fixed:b": (0.0, -0.03, 0.03)}, values)
+    decision = gate(tied)
+    assert decision.promote and "not worse than 'fixed:b'" in decision.reason
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

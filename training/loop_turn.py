@@ -38,6 +38,7 @@ from training.train import (
 )
 
 logger = logging.getLogger(__name__)
+FIXED_TOP = 5  # "always model X" baselines the gate compares a candidate with
 
 
 @dataclass
@@ -87,6 +88,15 @@ class RetrainOutcome:
     stats: dict[str, Any]
     champion_version: str
     candidate: PolicyBundle
+
+
+def fixed_baselines(frame: Any, top: int = FIXED_TOP, min_chosen: int = 20) -> list[str]:
+    """``fixed:<model>`` for the ``top`` models the log chose most (each at least
+    ``min_chosen`` times: a model the logger rarely chose has no support to value "always it")."""
+    from training.ope_logged import FIXED
+
+    counts = frame["chosen_model"].value_counts()
+    return [f"{FIXED}{m}" for m, c in counts.head(top).items() if c >= min_chosen]
 
 
 def _ensure_champion(config: RetrainConfig) -> tuple[str, PolicyBundle]:
@@ -151,7 +161,7 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
     """Train a candidate from the logs, evaluate it against the champion, register it, gate it."""
     import mlflow
 
-    from training.ope_logged import evaluate_policies
+    from training.ope_logged import BASELINES, evaluate_policies
     from training.report import log_report_to_mlflow, write_report
 
     champion_version, champion = _ensure_champion(config)
@@ -185,6 +195,7 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
         evaluation = evaluate_policies(
             result.holdout_rows.frame,
             {"candidate": result.candidate, "champion": judged},
+            baselines=(*BASELINES, *fixed_baselines(result.holdout_rows.frame)),
             n_bootstrap=config.n_bootstrap,
             seed=config.seed,
             alpha=config.gate.alpha,

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ESTIMATORS = ("ipw", "snipw", "dm", "dr", "switch_dr")
 BASELINES = ("logging", "uniform", "cheapest")
+FIXED = "fixed:"  # baseline "fixed:<model>": always that model (where it is eligible)
 TARGETS = ("reward", "quality", "cost_usd")
 ESTIMATOR_NAMES = ope.ESTIMATORS
 _STATS = ("value", "boot_low", "boot_high", "boot_mean", "gauss_low", "gauss_high")
@@ -204,6 +205,14 @@ def _policy_pmfs(
         if target.name == "uniform":
             pmfs.append(np.full(len(names), 1.0 / len(names)))
             continue
+        if target.name.startswith(FIXED):  # always this model where it may serve, else as logged
+            model = target.name[len(FIXED) :]
+            pmfs.append(
+                np.array([float(m == model) for m in names])
+                if model in names
+                else np.asarray(logged, float)
+            )
+            continue
         context = np.asarray(context_list, float)
         actions = rebuild_actions(
             context, list(names), features, n_tokens, target.catalogue or catalogue, default_tokens
@@ -258,7 +267,8 @@ def evaluate_policies(
         with ``join_window_s`` and ``default_quality``).
     models : the full model list (action index space); default: every logged eligible model.
     estimators : rows of :func:`training.ope.estimate_policy_value` to keep.
-    baselines : any of ``logging``, ``uniform``, ``cheapest``.
+    baselines : any of ``logging``, ``uniform``, ``cheapest``, and ``fixed:<model>`` (always
+        that model where it is eligible, the logged choice where it is not).
     min_ess, min_ess_ratio, max_weight : diagnostics thresholds that add a warning.
     reward_model : prototype of the cross-fitted reward models (one per outcome column); its
         parameters are used with ``target`` replaced. Default ``RewardModel(seed=seed)``.
@@ -279,7 +289,7 @@ def evaluate_policies(
     unknown = [e for e in estimators if e not in ESTIMATOR_NAMES]
     if unknown:
         raise PolicyError(f"estimators: unknown {unknown}; expected some of {ESTIMATOR_NAMES}")
-    bad = [b for b in baselines if b not in BASELINES]
+    bad = [b for b in baselines if b not in BASELINES and not b.startswith(FIXED)]
     if bad:
         raise PolicyError(f"baselines: unknown {bad}; expected some of {BASELINES}")
     clash = [b for b in baselines if b in policies]

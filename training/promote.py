@@ -9,7 +9,11 @@ Rule (checked in this order; the first that fails is the recorded reason):
    champion under the candidate's weights);
 4. the lower bound of the ``1 - alpha`` interval of the improvement ``V(candidate) -
    V(champion)``, estimated by ``estimator`` (default doubly robust) with a paired bootstrap over
-   the same resampled decisions, is above ``margin``.
+   the same resampled decisions, is above ``margin``;
+5. the candidate is not worse than the best fixed model valued on the same logs: when the
+   evaluation has ``fixed:<model>`` baselines, the one of highest estimated value is the
+   reference, and a candidate whose interval of ``V(candidate) - V(best fixed)`` lies wholly
+   below 0 is refused (a router that loses to "always model X" has no reason to serve).
 
 Passing all of them moves ``@champion`` to the candidate (and removes ``@challenger``, so no
 stale candidate stays canaried); otherwise it becomes ``@challenger``.
@@ -122,7 +126,30 @@ def gate(
         f"{config.estimator} improvement {delta:+.4f}, {level} [{low:+.4f}, {high:+.4f}] above "
         f"margin {config.margin:+.4f}; ESS {ess:.0f} >= {config.min_ess:.0f}"
     )
+    fixed = best_fixed(evaluation, config.estimator)
+    if fixed is not None:
+        vs = evaluation.improvement(candidate, fixed, estimator=config.estimator)
+        if float(vs["high"]) < 0:
+            reason = (
+                f"worse than {fixed!r} on the same logs: {config.estimator} difference "
+                f"{float(vs['delta']):+.4f}, {level} [{float(vs['low']):+.4f}, "
+                f"{float(vs['high']):+.4f}] (vs the champion: {reason})"
+            )
+            return GateDecision(
+                False, reason, delta, low, high, ess, config.estimator, config.margin
+            )
+        reason += f"; not worse than {fixed!r} ({float(vs['delta']):+.4f})"
     return GateDecision(True, reason, delta, low, high, ess, config.estimator, config.margin)
+
+
+def best_fixed(evaluation: Any, estimator: str = "dr") -> str | None:
+    """The ``fixed:<model>`` baseline of highest estimated reward (None without any)."""
+    names = [p for p in evaluation.diagnostics if str(p).startswith("fixed:")]
+    if not names:
+        return None
+    table = evaluation.table("reward")
+    values = {p: float(table.loc[(p, estimator), "value"]) for p in names}
+    return max(values, key=values.__getitem__)
 
 
 def apply_decision(
