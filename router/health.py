@@ -1,22 +1,12 @@
-"""Live health of the upstreams: circuit breakers per model and per instance, live latency and
-load, the choice of instance (power of two choices), and the retry budget.
+"""Live health of the upstreams: a circuit breaker per model and per instance, live latency and
+load, the choice of instance (power of two choices), latency outliers (a model 10x slower than its
+peers is ejected like a failing one, as Envoy's outlier detection does) and the retry budget.
 
 Everything here runs on the event loop of one worker, so no locks are needed; a state change
 costs a few dictionary operations, and :meth:`HealthBoard.unhealthy` (read by every decision)
 returns a cached frozenset that changes only when a breaker changes state.
 
-Why not a library: pybreaker and aiobreaker count *consecutive* failures of one wrapped call and
-own the call itself; here a breaker needs an error *rate* over a time window, half-open probes,
-an open time set by an upstream's ``Retry-After``, a separate verdict per instance and per model
-from the same call, and latency outliers (a model 10x slower than its peers is ejected like a
-failing one). Finagle's retry budget and Envoy's outlier detection are the models followed.
-
-States (per breaker)::
-
-    closed --(failure rate >= failure_rate over window_s with >= min_requests,
-              or consecutive_failures in a row, or Retry-After)--> open
-    open --(open_s elapsed; doubles on each failed probe up to max_open_s)--> half_open
-    half_open --(a probe succeeds)--> closed;  --(a probe fails)--> open
+The breakers themselves and the retry budget are :mod:`router.breaker`.
 
 A model is *unhealthy* (not eligible, so the policy's pmf is over the others) while its model
 breaker is open, or while every instance's breaker is open; a half-open model is eligible and
@@ -34,105 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router.config import BreakerConfig, ResilienceConfig, RouterConfig
+from router.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryBudget
+from router.config import ResilienceConfig, RouterConfig
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 FAILURE_PENALTY_S = 1.0  # a failed call weighs in an instance's EWMA latency as at least this
-STATE_CODE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
-
-
-class CircuitBreaker:
-    """One breaker: an error rate over a sliding window of one-second buckets."""
-
-    def __init__(self, settings: BreakerConfig, clock: Callable[[], float]) -> None:
-        self.s = settings
-        self._clock = clock
-        n = max(1, math.ceil(settings.window_s))
-        self._ok = [0] * n
-        self._fail = [0] * n
-        self._epoch = [-1] * n  # the second each bucket counts
-        self.state = CLOSED
-        self.open_until = 0.0
-        self.open_s = settings.open_s
-        self.consecutive = 0
-        self.probes = 0  # half-open calls in flight
-        self.reason = ""
-
-    def _bucket(self, now: float) -> int:
-        second = int(now)
-        i = second % len(self._ok)
-        if self._epoch[i] != second:
-            self._epoch[i], self._ok[i], self._fail[i] = second, 0, 0
-        return i
-
-    def counts(self, now: float) -> tuple[int, int]:
-        """(successes, failures) within the window."""
-        oldest = int(now) - len(self._ok) + 1
-        ok = sum(c for c, e in zip(self._ok, self._epoch, strict=True) if e >= oldest)
-        fail = sum(c for c, e in zip(self._fail, self._epoch, strict=True) if e >= oldest)
-        return ok, fail
-
-    def allows(self, now: float) -> bool:
-        """Whether a call may go through now (moves open -> half-open when its time is up)."""
-        if self.state == CLOSED:
-            return True
-        if self.state == OPEN:
-            if now < self.open_until:
-                return False
-            self.state, self.probes = HALF_OPEN, 0
-        return self.probes < self.s.half_open_probes
-
-    def started(self) -> None:
-        if self.state == HALF_OPEN:
-            self.probes += 1
-
-    def record(self, ok: bool, now: float, retry_after_s: float | None = None) -> bool:
-        """Count one finished call; True when the state changed."""
-        i = self._bucket(now)
-        if ok:
-            self._ok[i] += 1
-            self.consecutive = 0
-        else:
-            self._fail[i] += 1
-            self.consecutive += 1
-        if self.state == HALF_OPEN:
-            self.probes = max(0, self.probes - 1)
-            if ok:
-                self.close()
-                return True
-            self.trip(now, "probe failed", backoff=True, retry_after_s=retry_after_s)
-            return True
-        if ok or self.state == OPEN:
-            return False
-        if retry_after_s is not None:
-            self.trip(now, "retry-after", retry_after_s=retry_after_s)
-            return True
-        if self.consecutive >= self.s.consecutive_failures:
-            self.trip(now, f"{self.consecutive} consecutive failures")
-            return True
-        n_ok, n_fail = self.counts(now)
-        total = n_ok + n_fail
-        if total >= self.s.min_requests and n_fail / total >= self.s.failure_rate:
-            self.trip(now, f"failure rate {n_fail}/{total} over {self.s.window_s:g} s")
-            return True
-        return False
-
-    def trip(
-        self, now: float, reason: str, backoff: bool = False, retry_after_s: float | None = None
-    ) -> None:
-        """Open the breaker (for ``retry_after_s`` when the upstream said how long)."""
-        if backoff:
-            self.open_s = min(self.open_s * 2, self.s.max_open_s)
-        duration = self.open_s
-        if retry_after_s is not None:
-            duration = min(max(retry_after_s, 0.0), self.s.max_open_s)
-        self.state, self.open_until, self.reason = OPEN, now + duration, reason
-        self.probes = 0
-
-    def close(self) -> None:
-        self.state, self.open_s, self.consecutive, self.reason = CLOSED, self.s.open_s, 0, ""
-        n = len(self._ok)
-        self._ok, self._fail, self._epoch = [0] * n, [0] * n, [-1] * n
 
 
 @dataclass
@@ -158,30 +53,6 @@ class ModelState:
     wrr_next: int = 0
 
 
-class RetryBudget:
-    """Finagle's retry budget: each request deposits ``ratio`` of a retry, each retry withdraws
-    one, and ``min_per_s`` retries per second are always allowed; so retries add at most
-    ``ratio`` x the request load (plus the floor) however many upstreams fail."""
-
-    def __init__(self, ratio: float, min_per_s: float, clock: Callable[[], float]) -> None:
-        self.ratio, self.min_per_s, self._clock = ratio, min_per_s, clock
-        self.cap = max(10.0, 10 * min_per_s)
-        self.tokens = self.cap
-        self._last = clock()
-
-    def deposit(self) -> None:
-        self.tokens = min(self.cap, self.tokens + self.ratio)
-
-    def withdraw(self) -> bool:
-        now = self._clock()
-        self.tokens = min(self.cap, self.tokens + (now - self._last) * self.min_per_s)
-        self._last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class HealthBoard:
     """Breakers, live latency and load of every model and instance of one config."""
 
@@ -198,7 +69,7 @@ class HealthBoard:
         self.models: dict[str, ModelState] = {}
         for m in config.models:
             instances = [
-                InstanceState(i.base_url, i.weight, CircuitBreaker(s.breaker, clock))
+                InstanceState(i.base_url, i.weight, CircuitBreaker(s.breaker))
                 for i in m.endpoints()
             ]
             total = sum(i.weight for i in instances)
@@ -208,7 +79,7 @@ class HealthBoard:
                 for _ in range(max(1, round(10 * inst.weight / total)))
             ]
             self.models[m.name] = ModelState(
-                m.name, CircuitBreaker(s.breaker, clock), instances, wrr=slots
+                m.name, CircuitBreaker(s.breaker), instances, wrr=slots
             )
         self.names = [m.name for m in config.models]
         self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s, clock)
@@ -339,10 +210,8 @@ class HealthBoard:
         state.in_flight = max(0, state.in_flight - 1)
         inst = self._instance(state, url)
         inst.outstanding = max(0, inst.outstanding - 1)
-        for breaker in (state.breaker, inst.breaker):
-            if breaker.state == HALF_OPEN and breaker.probes > 0:
-                breaker.probes -= 1
-                self._refresh()
+        if state.breaker.abandoned() | inst.breaker.abandoned():  # both: no short circuit
+            self._refresh()
 
     def model_finished(self, model: str, ok: bool) -> None:
         """Record what one request got from ``model`` over all the instances it tried:

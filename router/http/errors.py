@@ -123,10 +123,9 @@ def error_of(exc: PolyrouteError) -> Response:
     response = error_response(status, str(exc), param=param, code=code_of(type(exc)))
     if isinstance(exc, OverloadedError | TrafficStoreError):
         response.headers["retry-after"] = "1"  # the OpenAI SDKs back off and retry
-    elif isinstance(exc, ThrottledError):
+    elif isinstance(exc, ThrottledError | ModelsUnavailableError):
         # whole seconds in Retry-After (RFC 9110); the OpenAI SDKs read retry-after-ms first
         response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
-        response.headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after_s * 1000)))
-    elif isinstance(exc, ModelsUnavailableError):
-        response.headers["retry-after"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if isinstance(exc, ThrottledError):  # the limiter knows to the millisecond
+            response.headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after_s * 1000)))
     return response

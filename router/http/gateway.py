@@ -14,12 +14,13 @@ from typing import Protocol
 from fastapi import Request
 
 from features.errors import ConfigError
+from router.breaker import STATE_CODE
 from router.bundle import PolicyBundle
 from router.canary import CanaryController
 from router.config import RouterConfig, TenantConfig
 from router.eligibility import RequestHints
 from router.events.models import DecisionEvent, Event, RewardSpecRecord
-from router.health import STATE_CODE, HealthBoard
+from router.health import HealthBoard
 from router.http.auth import require_admin, tenant_of
 from router.pipeline import Decision, DecisionEngine
 from router.prometheus import GatewayMetrics

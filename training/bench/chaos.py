@@ -25,6 +25,7 @@ event is not in the log; ``decisions_without_outcome``: decision events with no 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -154,8 +155,6 @@ def _text_header(head: bytes, name: bytes) -> str | None:
 
 def _events(directory: Path) -> tuple[set[str], set[str], int]:
     """Decision ids, outcome ids and unreadable lines of an event directory."""
-    import json
-
     decisions: set[str] = set()
     outcomes: set[str] = set()
     bad = 0
