@@ -476,3 +476,35 @@ def test_a_fixed_model_baseline_is_valued_against_the_truth(simulated: Simulated
     assert abs(result.table("reward").loc[(name, "dr"), "value"] - truth) < 0.05
     with pytest.raises(PolicyError, match="baselines: unknown"):
         evaluate_policies(joined, {}, baselines=("always",))
+
+
+def test_near_greedy_logs_say_they_cannot_tell(
+    simulated: SimulatedLog,
+    bundled: RoutingDataset,
+    small: RoutingDataset,
+    fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray],
+) -> None:
+    """A logger that barely explores (floor 0.02 / 6 per model) cannot judge a policy that differs
+    from it: the diagnostics and the verdict say so instead of a tight interval."""
+    featurizer, catalogue, x = fitted
+    greedy = _bundle(featurizer, catalogue, x, small.split("train"), simulated.spec, 0.02, "g")
+    rows = np.random.default_rng(5).choice(len(bundled.prompts), 400, replace=False)
+    events, prompt_of = simulate_log(bundled, featurizer, catalogue, greedy, rows, seed=5)
+    log = SimulatedLog(events, prompt_of, bundled, simulated.bundles, simulated.spec)
+    joined = join_events(events, join_window_s=3600.0)
+    result = evaluate_policies(
+        joined, {"oracle": simulated.bundles["oracle"]}, baselines=("logging", "uniform"),
+        n_bootstrap=200, seed=3,
+    )  # fmt: skip
+    diag = result.diagnostics["uniform"]
+    assert diag["ess_expected"] < 100  # 400 decisions, 8 of them exploring
+    assert any("expected effective sample size" in w for w in diag["warnings"])
+    for candidate in ("uniform", "oracle"):
+        imp = result.improvement(candidate, "logging")
+        truth = log.true_value(result, candidate) - log.true_value(result, "logging")
+        assert imp["low"] <= imp["boot_low"] and imp["high"] >= imp["boot_high"]
+        # never a wrong verdict: not the wrong sign, not "no clear difference" for 0.05 or more
+        wrong = {"better": truth < 0, "worse": truth > 0, "no clear difference": abs(truth) >= 0.05}
+        assert not wrong.get(imp["verdict"], False), (candidate, imp, truth)
+    same = result.improvement("logging", "logging")
+    assert same["verdict"] == "no clear difference" and same["delta"] == 0.0

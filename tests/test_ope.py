@@ -271,20 +271,26 @@ def test_other_bad_inputs() -> None:
 
 
 # ---- the coverage experiment (training/ope_coverage.py) on a small slice of the bundled sample --
-@pytest.mark.slow  # fits a candidate and runs six coverage experiments: ~40 s of CPU
+@pytest.mark.slow  # fits a candidate and runs nine coverage experiments: ~60 s of CPU
 def test_coverage_runs_on_a_small_slice(small: Any) -> None:
     from training.ope_coverage import (
+        COMPARISON,
         CoverageConfig,
         build_problem,
         fit_candidate,
-        markdown_report,
         run_coverage,
         scenario_meta,
         summarise,
     )
+    from training.ope_coverage_report import markdown_report
+    from training.ope_support import VERDICTS
 
     candidate = fit_candidate(small, w_cost=0.2, seed=0)
-    for logging_policy, target in (("uniform", "greedy"), ("epsilon_greedy", "softmax")):
+    for logging_policy, target in (
+        ("uniform", "greedy"),
+        ("epsilon_greedy", "softmax"),
+        ("near_greedy", "greedy"),
+    ):
         config = CoverageConfig(
             n_runs=3, n_logged=80, n_bootstrap=50, logging=logging_policy, target=target
         )
@@ -294,10 +300,16 @@ def test_coverage_runs_on_a_small_slice(small: Any) -> None:
             np.testing.assert_allclose(pmf.sum(axis=1), 1.0)
             assert np.all(pmf[~eligible] == 0)
         runs = run_coverage(candidate, config)
-        assert len(runs) == 3 * 8  # 7 estimators + the CR(-2) row
-        assert runs.groupby("run")["v_cond"].nunique().eq(1).all()
+        assert len(runs) == 3 * 9  # 7 estimators, the CR(-2) row and the comparison row
+        values = runs[runs["estimator"] != COMPARISON]  # its truth is a difference
+        assert values.groupby("run")["v_cond"].nunique().eq(1).all()
         summary = summarise(runs)
         assert {"bias", "rmse", "cover_boot", "cover_gauss", "width_boot"} <= set(summary.columns)
+        assert {"cover_supp", "width_supp", "verdict_wrong"} <= set(summary.columns)
+        shares = summary.loc[COMPARISON, [f"verdict_{w}" for w in VERDICTS]]
+        assert shares.sum() == pytest.approx(1.0)  # every run has one verdict
+        for name in ("dr", "ipw", COMPARISON):  # support-aware: never narrower than the bootstrap
+            assert summary.loc[name, "width_supp"] >= summary.loc[name, "width_boot"] - 1e-12
         assert 0 <= summary.loc["cressieread", "cover_lr"] <= 1  # a coverage rate (not NaN)
         report = markdown_report([(scenario_meta(config, runs), summary)], "cmd", "date", "m", 1.0)
         assert f"## logging: {logging_policy}, target: {target}" in report

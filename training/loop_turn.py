@@ -225,6 +225,7 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
             mlflow.log_metrics(
                 {
                     f"{name}.ess": float(diag["ess"]),
+                    f"{name}.ess_expected": float(diag["ess_expected"]),
                     f"{name}.max_weight": float(diag["max_weight"]),
                 }
             )

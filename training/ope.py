@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import ConfigError, DatasetError
+from training import ope_support
 from training.ope_intervals import bootstrap_means, cressie_read_estimate, cressie_read_interval
 from training.ope_intervals import gaussian_interval as _gaussian
 
@@ -325,6 +326,7 @@ def estimate_policy_value(
     switch_lambda: float = 5.0,
     dros_lambda: float = 10.0,
     reward_range: tuple[float, float] | None = None,
+    logging_pmf: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Every estimator's value with a bootstrap and a Gaussian ``1 - alpha`` interval.
 
@@ -351,6 +353,11 @@ def estimate_policy_value(
         Known reward bounds. When given, rewards are checked to lie inside, and a row
         ``cressieread`` is added: the CR(-2) estimate with its likelihood-ratio interval
         (vw-estimators) in the extra columns ``lr_low``, ``lr_high``.
+    logging_pmf : ndarray, shape (n, K), optional
+        The logger's whole pmf per row. With it and a reward model, the columns ``support_se``
+        and ``low, high`` are added: the support-aware interval (the union of the bootstrap
+        interval and ``value ± z · support_se``, :mod:`training.ope_support`), which stays wide
+        where the logs hold too little of what the policy would do.
 
     Returns
     -------
@@ -399,6 +406,33 @@ def estimate_policy_value(
         },
         index=pd.Index(names, name="estimator"),
     )
+    if logging_pmf is not None and data.estimated_rewards is not None:
+        mu = _as_2d("logging_pmf", logging_pmf, len(data.action))
+        if mu.shape != data.action_dist.shape:
+            raise DatasetError(
+                f"logging_pmf: expected shape {data.action_dist.shape} like action_dist; "
+                f"got {mu.shape}"
+            )
+        bad = ~np.isclose(mu[np.arange(len(mu)), data.action], data.pscore, rtol=1e-4)
+        if bad.any():
+            i = _first(bad)
+            raise DatasetError(
+                f"logging_pmf: its probability of the logged action must equal pscore; row {i} "
+                f"has {mu[i, data.action[i]]} and pscore {data.pscore[i]}"
+            )
+        sigma2 = ope_support.residual_variance(data.reward, data.q_logged)
+        ses, lows, highs = [], [], []
+        for name, row in table.iterrows():
+            # DM, Switch-DR and DRos lean on q̂ where weights are large: DR's support s.e.
+            se_name = str(name) if name in ("ipw", "snipw") else "dr"
+            se = ope_support.support_se(
+                se_name, data.action_dist, mu, data.estimated_rewards, sigma2, row["value"]
+            )
+            lo, hi = ope_support.widen(row["value"], row["boot_low"], row["boot_high"], se, alpha)
+            ses.append(se)
+            lows.append(lo)
+            highs.append(hi)
+        table["support_se"], table["low"], table["high"] = ses, lows, highs
     if reward_range is not None:
         w = data.iw
         lr = cressie_read_interval(w, data.reward, rmin=rmin, rmax=rmax, alpha=alpha)

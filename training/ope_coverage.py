@@ -4,8 +4,10 @@ Every model's recorded outcome is known for every prompt of the dataset, so the 
 any routing policy on any set of prompts is known. One run (seeded) of :func:`run_coverage`:
 
 1. draws ``n_logged`` test prompts with replacement (an i.i.d. request stream);
-2. logs one decision per prompt with the logging policy (uniform over the eligible models, or
-   epsilon-greedy around the best single model of the train split), recording its pscore; the
+2. logs one decision per prompt with the logging policy (uniform over the eligible models,
+   epsilon-greedy around the best single model of the train split, or near-greedy: the same with
+   a floor of ``near_greedy_epsilon / K`` per model, as a champion that barely explores), recording
+   its pscore; the
    reward is the recorded score minus the cost penalty of the profile
    (:class:`router.policy.base.RewardSpec`), exactly what the replay backends serve;
 3. fits a reward model cross-fitted over prompt folds (each prompt's ``q̂`` comes from a model
@@ -13,7 +15,10 @@ any routing policy on any set of prompts is known. One run (seeded) of :func:`ru
 4. estimates the candidate policy's value with :func:`training.ope.estimate_policy_value` and
    compares each estimate and interval with two truths: ``v_cond = mean_i Σ_a π_e(a|x_i)
    r(x_i, a)`` over the logged prompts (the estimand given the prompts) and ``v_pop``, the same
-   over the whole test split (what a request stream from that distribution estimates).
+   over the whole test split (what a request stream from that distribution estimates);
+5. compares the candidate with the best single model of the train split (``fixed``, always that
+   model) by the paired DR difference, with its support-aware interval and the verdict of
+   :func:`training.ope_support.verdict`, against the true difference on the logged prompts.
 
 The candidate policy is fitted once on the train split: the direct per-model quality predictor
 (:class:`router.policy.direct.DirectPolicy`) scoring ``q̂ - w_cost · ĉ / cost_scale`` over the
@@ -38,12 +43,14 @@ from features.featurizer import RequestFeaturizer
 from router.policy.actions import ActionCatalogue
 from router.policy.base import RewardSpec, greedy_pmf
 from router.policy.direct import DirectPolicy
+from training import ope_support
 from training.datasets import RoutingDataset
 from training.evaluation import Reference
-from training.ope import diagnostics, estimate_policy_value
+from training.ope import check_ope_inputs, diagnostics, estimate_policy_value, round_terms
+from training.ope_intervals import bootstrap_means
 
 TARGETS = ("softmax", "greedy")
-LOGGING = ("uniform", "epsilon_greedy")
+LOGGING = ("uniform", "epsilon_greedy", "near_greedy")
 REWARD_MODELS = ("ridge", "lgbm")
 
 
@@ -55,12 +62,14 @@ class CoverageConfig:
     target, tau, target_epsilon : the candidate policy (see the module docstring).
     logging, logging_epsilon : the logging policy; ``epsilon_greedy`` puts ``1 - epsilon`` on
         the best single model of the train split (by mean reward) and spreads ``epsilon``
-        uniformly over the eligible models.
+        uniformly over the eligible models; ``near_greedy`` does the same with
+        ``near_greedy_epsilon`` (0.02: 0.0007 per model with 29 models).
     w_cost : the profile's cost weight (cost scale: mean cost of the dearest model on train).
     reward_model : ``ridge`` (RidgeCV on model one-hot, context, context x model features) or
         ``lgbm`` (LightGBM on context, model features and model id).
     n_folds, alpha, n_bootstrap, seed : cross-fitting folds, interval level, bootstrap size and
         the base seed (run ``k`` uses ``seed + k``).
+    equivalence : the margin of the comparison's verdict (:func:`training.ope_support.verdict`).
     """
 
     n_runs: int = 200
@@ -70,12 +79,14 @@ class CoverageConfig:
     target_epsilon: float = 0.02
     logging: str = "uniform"
     logging_epsilon: float = 0.3
+    near_greedy_epsilon: float = 0.02
     w_cost: float = 0.2
     reward_model: str = "ridge"
     n_folds: int = 2
     alpha: float = 0.05
     n_bootstrap: int = 1000
     seed: int = 0
+    equivalence: float = ope_support.DEFAULT_EQUIVALENCE
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -89,6 +100,10 @@ class CoverageConfig:
             raise ConfigError("need n_runs >= 1, n_logged >= 10 and n_folds >= 2")
         if not (self.tau > 0 and 0 < self.target_epsilon < 1 and 0 < self.logging_epsilon <= 1):
             raise ConfigError("need tau > 0, target_epsilon in (0, 1), logging_epsilon in (0, 1]")
+        if not 0 < self.near_greedy_epsilon <= 1:
+            raise ConfigError("need near_greedy_epsilon in (0, 1]")
+        if not self.equivalence > 0:
+            raise ConfigError("need equivalence > 0")
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class Problem:
     rewards: np.ndarray
     target: np.ndarray
     logging: np.ndarray
+    fixed: np.ndarray  # always the best single model of the train split where it is eligible
     reward_range: tuple[float, float]
 
     @property
@@ -166,16 +182,20 @@ def build_problem(candidate: Candidate, config: CoverageConfig) -> Problem:
             cols = np.flatnonzero(eligible[i])
             target[i, cols] = greedy_pmf(scores[i, cols], config.target_epsilon)
     uniform = eligible / eligible.sum(axis=1, keepdims=True)
+    train_reward = np.where(train.available, spec.reward(train.quality, train.cost, 0.0), np.nan)
+    best = np.zeros(eligible.shape)
+    best[:, int(np.nanargmax(np.nanmean(train_reward, axis=0)))] = 1.0
+    best *= eligible
+    fixed = np.where(best.sum(axis=1, keepdims=True) > 0, best, uniform)
     if config.logging == "uniform":
         logging = uniform
     else:
-        train_reward = np.where(
-            train.available, spec.reward(train.quality, train.cost, 0.0), np.nan
+        eps = (
+            config.logging_epsilon
+            if config.logging == "epsilon_greedy"
+            else config.near_greedy_epsilon
         )
-        best = np.zeros(eligible.shape)
-        best[:, int(np.nanargmax(np.nanmean(train_reward, axis=0)))] = 1.0
-        best *= eligible
-        logging = (1 - config.logging_epsilon) * best + config.logging_epsilon * uniform
+        logging = (1 - eps) * best + eps * uniform
         logging /= logging.sum(axis=1, keepdims=True)  # best model not eligible: uniform
     rewards = np.where(eligible, spec.reward(test.quality, test.cost, 0.0), 0.0)
     cost_max = float(np.nanmax(np.where(data.available, data.cost, np.nan)))
@@ -185,6 +205,7 @@ def build_problem(candidate: Candidate, config: CoverageConfig) -> Problem:
         rewards=rewards,
         target=target,
         logging=logging,
+        fixed=fixed,
         reward_range=(-config.w_cost * cost_max / spec.cost_scale, 1.0),
     )
 
@@ -250,9 +271,11 @@ def run_once(problem: Problem, config: CoverageConfig, run: int) -> list[dict[st
     reward = problem.rewards[rows, action]
     pi_e = problem.target[rows]
     q_hat = cross_fit(problem, rows, action, reward, config, rng)
+    mu = problem.logging[rows]
     table = estimate_policy_value(
         action, reward, pscore, pi_e, q_hat, alpha=config.alpha,
         n_bootstrap=config.n_bootstrap, seed=config.seed + run, reward_range=problem.reward_range,
+        logging_pmf=mu,
     )  # fmt: skip
     diag = diagnostics(action, pscore, pi_e)
     v_cond = float(np.mean(np.sum(pi_e * problem.rewards[rows], axis=1)))
@@ -261,9 +284,49 @@ def run_once(problem: Problem, config: CoverageConfig, run: int) -> list[dict[st
         "v_cond": v_cond,
         "v_pop": problem.value_pop,
         "ess": diag["ess"],
+        "ess_expected": ope_support.expected_ess(pi_e, mu),
         "max_weight": diag["max_weight"],
     }
-    return [{"estimator": name, **common, **row} for name, row in table.iterrows()]
+    records = [{"estimator": name, **common, **row} for name, row in table.iterrows()]
+    records.append({"estimator": COMPARISON, **common, **compare(problem, config, run, rows,
+                    action, reward, pscore, q_hat)})  # fmt: skip
+    return records
+
+
+#: the estimator name of the paired comparison's rows in :func:`run_coverage`'s frame
+COMPARISON = "dr: candidate - best single"
+
+
+def compare(
+    problem: Problem, config: CoverageConfig, run: int, rows: np.ndarray, action: np.ndarray,
+    reward: np.ndarray, pscore: np.ndarray, q_hat: np.ndarray,
+) -> dict[str, Any]:  # fmt: skip
+    """The candidate against always the best single model: the paired DR difference, its
+    bootstrap and support-aware intervals, the verdict, and the truth on the logged prompts."""
+    pi_e, pi_f, mu = problem.target[rows], problem.fixed[rows], problem.logging[rows]
+    terms = [
+        round_terms("dr", check_ope_inputs(action, reward, pscore, pi, q_hat))
+        for pi in (pi_e, pi_f)
+    ]
+    d = terms[0] - terms[1]
+    delta = float(d.mean())
+    means = bootstrap_means(d, config.n_bootstrap, config.seed + run)
+    boot = np.percentile(means, [100 * config.alpha / 2, 100 * (1 - config.alpha / 2)])
+    sigma2 = ope_support.residual_variance(reward, q_hat[np.arange(len(rows)), action])
+    se = ope_support.support_se("dr", pi_e - pi_f, mu, q_hat, sigma2, delta)
+    low, high = ope_support.widen(delta, float(boot[0]), float(boot[1]), se, config.alpha)
+    truth = float(np.mean(np.sum((pi_e - pi_f) * problem.rewards[rows], axis=1)))
+    return {
+        "value": delta,
+        "boot_low": float(boot[0]),
+        "boot_high": float(boot[1]),
+        "low": low,
+        "high": high,
+        "support_se": se,
+        "verdict": ope_support.verdict(low, high, config.equivalence),
+        "v_cond": truth,
+        "v_pop": float(np.mean(np.sum((problem.target - problem.fixed) * problem.rewards, axis=1))),
+    }
 
 
 def run_coverage(
@@ -285,10 +348,30 @@ def _cover(frame: pd.DataFrame, low: str, high: str, truth: str) -> pd.Series:
     return ((frame[low] <= frame[truth]) & (frame[truth] <= frame[high])).astype(float)
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+def _verdicts(g: pd.DataFrame, equivalence: float) -> dict[str, float]:
+    """Shares of the comparison's verdicts, and of the wrong ones against the true difference:
+    "better"/"worse" of the wrong sign, or "no clear difference" when it is ``equivalence`` or
+    more."""
+    truth, word = g["v_cond"], g["verdict"]
+    wrong = (
+        ((word == ope_support.BETTER) & (truth < 0))
+        | ((word == ope_support.WORSE) & (truth > 0))
+        | ((word == ope_support.SAME) & (truth.abs() >= equivalence))
+    )
+    out = {f"verdict_{w}": float((word == w).mean()) for w in ope_support.VERDICTS}
+    out["verdict_wrong"] = float(wrong.mean())
+    out["truth_mean"] = float(truth.mean())
+    return out
+
+
+def summarise(
+    runs: pd.DataFrame, equivalence: float = ope_support.DEFAULT_EQUIVALENCE
+) -> pd.DataFrame:
     """Per estimator: bias, sd and RMSE against ``v_cond``, interval coverage (against
-    ``v_cond`` and ``v_pop``) and mean width, for the bootstrap, Gaussian and (CR(-2) row only)
-    likelihood-ratio intervals; ``mc_se`` is the Monte Carlo standard error of a 95% coverage."""
+    ``v_cond`` and ``v_pop``) and median width, for the support-aware (``supp``), bootstrap,
+    Gaussian and (CR(-2) row only) likelihood-ratio intervals; for the comparison row, the shares
+    of its verdicts and of wrong ones; ``mc_se`` is the Monte Carlo standard error of a 95%
+    coverage."""
     rows = {}
     for name, g in runs.groupby("estimator", sort=False):
         err = g["value"] - g["v_cond"]
@@ -299,14 +382,18 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             "rmse": float(np.sqrt(np.mean(err**2))),
         }
         for kind, (lo, hi) in {
+            "supp": ("low", "high"),
             "boot": ("boot_low", "boot_high"),
             "gauss": ("gauss_low", "gauss_high"),
             "lr": ("lr_low", "lr_high"),
         }.items():
-            if g[lo].notna().all():
+            if lo in g and g[lo].notna().all():
                 row[f"cover_{kind}"] = float(_cover(g, lo, hi, "v_cond").mean())
                 row[f"cover_{kind}_pop"] = float(_cover(g, lo, hi, "v_pop").mean())
-                row[f"width_{kind}"] = float((g[hi] - g[lo]).mean())
+                # median: a support-aware interval may be infinite
+                row[f"width_{kind}"] = float((g[hi] - g[lo]).median())
+        if "verdict" in g and g["verdict"].notna().all():
+            row |= _verdicts(g, equivalence)
         rows[name] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "estimator"
@@ -321,107 +408,6 @@ def scenario_meta(config: CoverageConfig, runs: pd.DataFrame) -> dict[str, Any]:
         "v_pop": float(first["v_pop"].iloc[0]),
         "v_cond_mean": float(first["v_cond"].mean()),
         "ess_mean": float(first["ess"].mean()),
+        "ess_expected_mean": float(first["ess_expected"].mean()),
         "max_weight_mean": float(first["max_weight"].mean()),
     }
-
-
-# ---- the report -------------------------------------------------------------------------------
-def machine_description() -> str:
-    """CPU model, cores, memory, OS and Python of this machine."""
-    import os
-    import platform
-    from pathlib import Path
-
-    cpu, mem = platform.processor() or platform.machine(), ""
-    cpuinfo, meminfo = Path("/proc/cpuinfo"), Path("/proc/meminfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    if meminfo.is_file():
-        kib = int(meminfo.read_text().split()[1])
-        mem = f", {kib / 2**20:.0f} GiB"
-    return (
-        f"{os.cpu_count()} cores ({cpu}){mem}, {platform.system()} {platform.machine()}, "
-        f"Python {platform.python_version()}, numpy {np.__version__}"
-    )
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return ""
-    return f"{value:.{digits}f}"
-
-
-def markdown_table(summary: pd.DataFrame) -> str:
-    """One scenario's summary as a Markdown table, a row per (estimator, interval)."""
-    lines = [
-        "| estimator | bias | sd | RMSE | interval | cover | cover (pop) | mean width |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    names = {"boot": "bootstrap", "gauss": "Gaussian", "lr": "CR(-2) likelihood ratio"}
-    for name, r in summary.iterrows():
-        point = [str(name), _fmt(r["bias"]), _fmt(r["sd"]), _fmt(r["rmse"])]
-        for kind, label in names.items():
-            cover = r.get(f"cover_{kind}")
-            if cover is None or not np.isfinite(cover):
-                continue
-            cells = [
-                label,
-                _fmt(cover, 2),
-                _fmt(r[f"cover_{kind}_pop"], 2),
-                _fmt(r[f"width_{kind}"]),
-            ]
-            lines.append("| " + " | ".join(point + cells) + " |")
-            point = ["", "", "", ""]
-    return "\n".join(lines)
-
-
-def markdown_report(
-    scenarios: list[tuple[dict[str, Any], pd.DataFrame]], command: str, date: str, machine: str,
-    seconds: float,
-) -> str:  # fmt: skip
-    """The whole report: setup, then one table per scenario (``(meta, summary)`` pairs)."""
-    out = [
-        "# Coverage of the OPE intervals on the bundled sample (full information)",
-        "",
-        f"Command: `{command}`  ",
-        f"Date: {date}  ",
-        f"Machine: {machine}  ",
-        f"Wall time: {seconds:.0f} s",
-        "",
-        "Setup (`training/ope_coverage.py`): the bundled MMLU-Pro sample (3,000 prompts x 29"
-        " models, recorded scores). The candidate is the direct per-model quality predictor"
-        " fitted on the train split, scoring `q̂ - w_cost · ĉ / cost_scale`. Each run draws"
-        " `n_logged` test prompts with replacement, logs one decision per prompt with the"
-        " logging policy (pscore recorded), rewards = recorded score - cost penalty, fits the"
-        " reward model cross-fitted over prompt folds, and estimates the candidate with"
-        " `training.ope.estimate_policy_value`. Truths: `cover` = against the candidate's true"
-        " value on the drawn prompts, `cover (pop)` = against its value on the whole test split."
-        " bias/sd/RMSE are against the former. Nominal coverage 0.95.",
-    ]
-    for meta, summary in scenarios:
-        c = meta["config"]
-        target = (
-            f"softmax(score / {c['tau']})" if c["target"] == "softmax"
-            else f"greedy with a {c['target_epsilon']} floor (DirectPolicy's pmf)"
-        )  # fmt: skip
-        logging = (
-            "uniform over the eligible models" if c["logging"] == "uniform"
-            else f"epsilon-greedy around the best single model, epsilon = {c['logging_epsilon']}"
-        )  # fmt: skip
-        out += [
-            "",
-            f"## logging: {c['logging']}, target: {c['target']}",
-            "",
-            f"Target {target}; logging {logging}; reward model {c['reward_model']},"
-            f" {c['n_folds']} folds; w_cost {c['w_cost']}; {c['n_runs']} runs x"
-            f" {c['n_logged']} logged decisions; {c['n_bootstrap']} bootstrap resamples."
-            f" True value on the test split {meta['v_pop']:.4f}; mean ESS"
-            f" {meta['ess_mean']:.1f} of {c['n_logged']}; mean max weight"
-            f" {meta['max_weight_mean']:.1f}. Monte Carlo s.e. of a 0.95 coverage:"
-            f" {summary.attrs.get('mc_se', float('nan')):.3f}.",
-            "",
-            markdown_table(summary),
-        ]
-    return "\n".join(out) + "\n"

@@ -46,7 +46,7 @@ from router.events.join import join_events
 from router.events.models import Event
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, RewardSpec
-from training import ope
+from training import ope, ope_support
 from training.ope_intervals import bootstrap_means, gaussian_interval
 from training.ope_rows import fill_tokens, rebuild_actions, scatter, select_rows, traffic_share
 from training.reward_model import RewardModel
@@ -58,7 +58,10 @@ BASELINES = ("logging", "uniform", "cheapest")
 FIXED = "fixed:"  # baseline "fixed:<model>": always that model (where it is eligible)
 TARGETS = ("reward", "quality", "cost_usd")
 ESTIMATOR_NAMES = ope.ESTIMATORS
-_STATS = ("value", "boot_low", "boot_high", "boot_mean", "gauss_low", "gauss_high")
+_STATS = (
+    "value", "low", "high", "support_se", "boot_low", "boot_high", "boot_mean", "gauss_low",
+    "gauss_high",
+)  # fmt: skip
 
 
 class PolicyLike(Protocol):
@@ -78,7 +81,9 @@ class PolicyEvaluation:
     diagnostics : dict policy -> dict
         ``n, ess, ess_ratio, max_weight, n_weight_above_lambda, action_counts`` (logged
         chosen-model counts), ``target_share`` (mean pmf per model), ``support_deficit`` (mean
-        mass on models the logger gave probability 0), ``reward_spec``, ``kind``, ``warnings``.
+        mass on models the logger gave probability 0), ``ess_expected`` and ``departure``
+        (:func:`training.ope_support.summary`: support measured on the logger's whole pmf, not
+        on the actions drawn), ``reward_spec``, ``kind``, ``warnings``.
     traffic : DataFrame, time bucket (UTC) x model
         Share of logged decisions per model (all decisions, overrides included).
     n : int
@@ -106,6 +111,10 @@ class PolicyEvaluation:
     alpha: float = 0.05
     n_bootstrap: int = 1000
     seed: int = 0
+    logging_pmf: np.ndarray | None = field(default=None, repr=False)
+    q_hat: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
+    sigma2: dict[tuple[str, str], float] = field(default_factory=dict, repr=False)
+    equivalence: float = ope_support.DEFAULT_EQUIVALENCE
 
     @property
     def policies(self) -> list[str]:
@@ -134,9 +143,16 @@ class PolicyEvaluation:
         intervals), so what the two policies share cancels; the Gaussian interval uses
         ``se = std(d) / sqrt(n)``.
 
+        The reported ``low, high`` are support-aware (:mod:`training.ope_support`): at least
+        ``delta ± z · support_se``, where ``support_se`` comes from the logger's pmf and the
+        weight ``π_candidate - π_baseline`` on each model, so where the two policies differ on
+        models the logger rarely chose the interval stays wide; ``verdict`` is
+        :func:`training.ope_support.verdict` of that interval.
+
         Returns
         -------
-        dict with ``delta, low, high`` (bootstrap percentiles), ``se, gauss_low, gauss_high``,
+        dict with ``delta, low, high`` (support-aware), ``boot_low, boot_high`` (bootstrap
+        percentiles), ``support_se``, ``se, gauss_low, gauss_high``, ``verdict``,
         ``estimator, target, n, alpha, same_reward_spec``.
         """
         d = self.round_terms(candidate, estimator, target) - self.round_terms(
@@ -148,10 +164,25 @@ class PolicyEvaluation:
         gauss_low, gauss_high = gaussian_interval(d, alpha=self.alpha)
         delta = float(d.mean())
         specs = [self.diagnostics[p].get("reward_spec") for p in (candidate, baseline)]
+        boot_low = float(np.percentile(means, 100 * self.alpha / 2))
+        boot_high = float(np.percentile(means, 100 * (1 - self.alpha / 2)))
+        support = float("nan")
+        q = self.q_hat.get((candidate, target))
+        if self.logging_pmf is not None and q is not None:
+            diff = self.action_dist[candidate] - self.action_dist[baseline]
+            support = ope_support.support_se(
+                estimator if estimator in ("ipw", "snipw") else "dr",
+                diff, self.logging_pmf, q, self.sigma2[(candidate, target)], delta,
+            )  # fmt: skip
+        low, high = ope_support.widen(delta, boot_low, boot_high, support, self.alpha)
         return {
             "delta": delta,
-            "low": float(np.percentile(means, 100 * self.alpha / 2)),
-            "high": float(np.percentile(means, 100 * (1 - self.alpha / 2))),
+            "low": low,
+            "high": high,
+            "boot_low": boot_low,
+            "boot_high": boot_high,
+            "support_se": support,
+            "verdict": ope_support.verdict(low, high, self.equivalence),
             "se": se,
             "gauss_low": gauss_low,
             "gauss_high": gauss_high,
@@ -258,6 +289,7 @@ def evaluate_policies(
     join_window_s: float = 3600.0,
     default_quality: float = 0.0,
     feedback_horizon: float | None = None,
+    equivalence: float = ope_support.DEFAULT_EQUIVALENCE,
 ) -> PolicyEvaluation:
     """Evaluate ``policies`` (name -> :class:`PolicyBundle` or policy) and baselines off-policy.
 
@@ -278,6 +310,8 @@ def evaluate_policies(
     feedback_horizon : decisions after it without quality feedback are left out as still
         pending (as training leaves them out); default: ``join_window_s`` before the last
         decision of ``joined``. Pass the horizon of the whole log when ``joined`` is a slice.
+    equivalence : the reward difference below which :meth:`PolicyEvaluation.improvement`'s
+        verdict may say "no clear difference" (:func:`training.ope_support.verdict`).
 
     Raises
     ------
@@ -359,6 +393,8 @@ def evaluate_policies(
     diagnostics: dict[str, dict[str, Any]] = {}
     terms: dict[tuple[str, str], pd.DataFrame] = {}
     action_dist: dict[str, np.ndarray] = {}
+    q_hats: dict[tuple[str, str], np.ndarray] = {}
+    sigma2: dict[tuple[str, str], float] = {}
     for t in targets:
         dist = action_dist[t.name] = _policy_pmfs(frame, t, catalogue, index)
         for target_name in TARGETS:
@@ -366,7 +402,12 @@ def evaluate_policies(
             est = ope.estimate_policy_value(
                 action, r, pscore, dist, q, alpha=alpha, n_bootstrap=n_bootstrap,
                 seed=seed, switch_lambda=switch_lambda, dros_lambda=dros_lambda,
+                logging_pmf=logged_pmf,
             )  # fmt: skip
+            q_hats[(t.name, target_name)] = q
+            sigma2[(t.name, target_name)] = ope_support.residual_variance(
+                r, q[np.arange(n), action]
+            )
             est = est.loc[[e for e in estimators if e in est.index], list(_STATS)]
             est.index = pd.MultiIndex.from_tuples(
                 [(t.name, e, target_name) for e in est.index],
@@ -399,6 +440,10 @@ def evaluate_policies(
         alpha=alpha,
         n_bootstrap=n_bootstrap,
         seed=seed,
+        logging_pmf=logged_pmf,
+        q_hat=q_hats,
+        sigma2=sigma2,
+        equivalence=equivalence,
     )
 
 
@@ -420,6 +465,7 @@ def _diagnose(
     diag["target_share"] = {m: float(s) for m, s in zip(models, dist.mean(axis=0), strict=True)}
     deficit = float(np.where(logged_pmf <= 0, dist, 0.0).sum(axis=1).mean())
     diag["support_deficit"] = deficit
+    diag |= ope_support.summary(dist, logged_pmf)
     diag["kind"] = t.kind
     diag["reward_spec"] = None if t.reward is None else dict(t.reward.__dict__)
     diag["feature_version"] = t.feature_version
@@ -431,6 +477,14 @@ def _diagnose(
         warnings.append(
             f"ESS is {100 * ratio:.1f}% of the decisions (< {100 * min_ess_ratio:.0f}%): the "
             "policy rarely agrees with the logging policy"
+        )
+    expected = float(diag["ess_expected"])
+    if expected < min_ess:
+        warnings.append(
+            f"expected effective sample size {expected:.0f} < {min_ess:.0f}: the logger rarely "
+            f"chose what this policy would ({100 * diag['departure']:.0f}% of its decisions "
+            "differ from the logger's), so the estimate leans on the reward model there and the "
+            "interval is wide"
         )
     if wmax > max_weight:
         warnings.append(f"max importance weight {wmax:.1f} > {max_weight:.0f}: IPS is volatile")

@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
+from training import ope_support
 from training.ope_logged import TARGETS, PolicyEvaluation
 
 _TEMPLATE = "evaluation_report.html.j2"
@@ -35,6 +36,8 @@ _CANDIDATE, _CHAMPION, _BASELINE = "#0969da", "#8250df", "#8c959f"
 
 
 def _fmt(value: float, target: str) -> str:
+    if math.isinf(value):
+        return f"{'+' if value > 0 else '-'}inf"
     if not math.isfinite(value):
         return "n/a"
     return f"{value:.3g}" if target == "cost_usd" else f"{value:.4f}"
@@ -219,15 +222,19 @@ def _verdict(
     ess_ok = ess >= min_ess
     role = "champion" if baseline == champion else "baseline"
     who = baseline if baseline == role else f"{role} {baseline}"
+    word = str(imp["verdict"])
     if not ess_ok:
         css, headline = "unsure", f"Not enough evidence to judge {candidate} against {baseline}"
-    elif imp["low"] > 0:
-        css, headline = "good", f"{candidate} is estimated better than {who}"
-    elif imp["high"] < 0:
-        css, headline = "bad", f"{candidate} is estimated worse than {who}"
     else:
-        css, headline = "unsure", f"No clear difference between {candidate} and {who}"
+        css = {ope_support.BETTER: "good", ope_support.WORSE: "bad"}.get(word, "unsure")
+        headline = ope_support.describe(word, candidate, who, evaluation.equivalence)
+    expected = float(evaluation.diagnostics[candidate].get("ess_expected", ess))
     checks = [
+        {
+            "ok": expected >= min_ess,
+            "text": f"expected effective sample size of {candidate} under the logger's pmf: "
+            f"{expected:.0f} (support where it departs from the logger)",
+        },
         {
             "ok": ess_ok,
             "text": f"effective sample size of {candidate}: {ess:.0f} "
@@ -251,9 +258,9 @@ def _verdict(
         "css": css,
         "headline": headline,
         "line": (
-            f"{estimator.upper()} reward improvement {imp['delta']:+.4f}, {level} paired "
-            f"bootstrap interval [{imp['low']:+.4f}, {imp['high']:+.4f}] (Gaussian "
-            f"[{imp['gauss_low']:+.4f}, {imp['gauss_high']:+.4f}], n = {imp['n']})"
+            f"{estimator.upper()} reward improvement {imp['delta']:+.4f}, {level} interval "
+            f"[{imp['low']:+.4f}, {imp['high']:+.4f}] (support-aware; paired bootstrap "
+            f"[{imp['boot_low']:+.4f}, {imp['boot_high']:+.4f}], n = {imp['n']})"
         ),
         "detail": (
             f"Quality {quality['delta']:+.4f} [{quality['low']:+.4f}, {quality['high']:+.4f}]; "
@@ -278,9 +285,10 @@ def _tables(
                 cells.append(
                     {
                         "text": f"{_fmt(r['value'], target)} "
-                        f"[{_fmt(r['boot_low'], target)}, {_fmt(r['boot_high'], target)}]",
-                        "title": f"Gaussian [{_fmt(r['gauss_low'], target)}, "
-                        f"{_fmt(r['gauss_high'], target)}]",
+                        f"[{_fmt(r['low'], target)}, {_fmt(r['high'], target)}]",
+                        "title": f"bootstrap [{_fmt(r['boot_low'], target)}, "
+                        f"{_fmt(r['boot_high'], target)}]; Gaussian "
+                        f"[{_fmt(r['gauss_low'], target)}, {_fmt(r['gauss_high'], target)}]",
                     }
                 )
             css = "candidate" if policy == candidate else "champion" if policy == champion else ""

@@ -101,7 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{'policy':<24}{'DR reward':>30}{'DR quality':>12}{'DR cost USD':>13}{'ESS':>8}")
     for policy in table.index:
         row = table.loc[policy]
-        interval = f"[{row[('boot_low', 'reward')]:+.4f}, {row[('boot_high', 'reward')]:+.4f}]"
+        interval = f"[{row[('low', 'reward')]:+.4f}, {row[('high', 'reward')]:+.4f}]"
         print(
             f"{policy[:23]:<24}{row[('value', 'reward')]:>+10.4f} {interval:>19}"
             f"{row[('value', 'quality')]:>12.4f}{row[('value', 'cost_usd')]:>13.3g}"
@@ -113,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         imp = evaluation.improvement(candidate, champion or "logging")
         print(
             f"{candidate} - {champion or 'logging'} (DR reward): {imp['delta']:+.4f} "
-            f"[{imp['low']:+.4f}, {imp['high']:+.4f}]"
+            f"[{imp['low']:+.4f}, {imp['high']:+.4f}]: {imp['verdict']}"
         )
     print(f"wrote {out}")
     return 0
@@ -130,12 +130,11 @@ def _ope_coverage(args: argparse.Namespace) -> int:
     from training.ope_coverage import (
         CoverageConfig,
         fit_candidate,
-        machine_description,
-        markdown_report,
         run_coverage,
         scenario_meta,
         summarise,
     )
+    from training.ope_coverage_report import machine_description, markdown_report
 
     try:
         configs = []
@@ -149,6 +148,7 @@ def _ope_coverage(args: argparse.Namespace) -> int:
                     tau=args.tau,
                     logging=logging_policy,
                     logging_epsilon=args.logging_epsilon,
+                    near_greedy_epsilon=args.near_greedy_epsilon,
                     w_cost=args.w_cost,
                     reward_model=args.reward_model,
                     n_bootstrap=args.n_bootstrap,
@@ -172,12 +172,13 @@ def _ope_coverage(args: argparse.Namespace) -> int:
         for config in configs:
             task = bar.add_task(f"{config.logging}/{config.target}", total=config.n_runs)
             runs = run_coverage(candidate, config, functools.partial(bar.advance, task))
-            results.append((scenario_meta(config, runs), summarise(runs)))
+            results.append((scenario_meta(config, runs), summarise(runs, config.equivalence)))
     seconds = time.perf_counter() - start
     command = (
         f"polyroute ope-coverage --dataset {args.dataset} --scenarios {args.scenarios} "
         f"--runs {args.runs} --n-logged {args.n_logged} --tau {args.tau} "
-        f"--logging-epsilon {args.logging_epsilon} --w-cost {args.w_cost} "
+        f"--logging-epsilon {args.logging_epsilon} "
+        f"--near-greedy-epsilon {args.near_greedy_epsilon} --w-cost {args.w_cost} "
         f"--reward-model {args.reward_model} --n-bootstrap {args.n_bootstrap} --seed {args.seed}"
     )
     date = datetime.now(UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
@@ -330,15 +331,21 @@ def add_commands(sub: Any) -> None:
     ope_cov.add_argument("--dataset", default="bundled", help="dataset directory, or 'bundled'")
     ope_cov.add_argument(
         "--scenarios",
-        default="uniform/softmax,uniform/greedy,epsilon_greedy/softmax",
-        help="comma-separated LOGGING/TARGET pairs (logging: uniform, epsilon_greedy; "
-        "target: softmax, greedy)",
+        default="uniform/softmax,uniform/greedy,epsilon_greedy/softmax,near_greedy/greedy",
+        help="comma-separated LOGGING/TARGET pairs (logging: uniform, epsilon_greedy, "
+        "near_greedy; target: softmax, greedy)",
     )
     ope_cov.add_argument("--runs", type=int, default=200, help="seeded runs per scenario")
     ope_cov.add_argument("--n-logged", type=int, default=600, help="logged decisions per run")
     ope_cov.add_argument("--tau", type=float, default=0.05, help="softmax target temperature")
     ope_cov.add_argument(
         "--logging-epsilon", type=float, default=0.3, help="exploration of epsilon_greedy logging"
+    )
+    ope_cov.add_argument(
+        "--near-greedy-epsilon",
+        type=float,
+        default=0.02,
+        help="exploration of near_greedy logging (0.02: a floor of 0.0007 per model of 29)",
     )
     ope_cov.add_argument("--w-cost", type=float, default=0.2, help="reward weight of cost")
     ope_cov.add_argument(
