@@ -1,7 +1,9 @@
 """``polyroute demo``: the closed learning loop on a fresh machine, through the real service.
 
-Replay backends play the bundled MMLU-Pro sample's models; the gateway starts from a cold-start
-policy registered as ``@champion`` in an embedded MLflow store and hot-reloads that alias; a
+Replay backends play the bundled MMLU-Pro sample's models; the gateway starts from the shipped
+prior (the default policy fitted on the sample's train split with full information, what
+``make run`` serves) or, with ``cold=True`` (``--cold``), from an untrained VW policy, registered
+as ``@champion`` in an embedded MLflow store, and hot-reloads that alias; a
 traffic generator sends the train split's prompts through the OpenAI SDK, reads the true score
 the replay backend puts in ``x-replay-score`` and posts it to ``/v1/feedback`` (for
 ``feedback_share`` of the requests). After each round ``polyroute train``'s pipeline retrains
@@ -241,10 +243,13 @@ def run_demo(
     offline: bool = False,
     concurrency: int = 8,
     policy_params: dict[str, Any] | None = None,
+    cold: bool = False,
 ) -> dict[str, Any]:
     """Run the loop (through the service unless ``offline``) and write the results.
 
-    ``policy_params``: the cold-start VW policy's parameters (default :data:`DEMO_POLICY`).
+    ``cold``: start from an untrained VW policy (the learning curve from nothing) instead of the
+    shipped prior. ``policy_params``: the cold-start VW policy's parameters (default
+    :data:`DEMO_POLICY`).
     """
     policy_params = policy_params or dict(DEMO_POLICY)
     from training import model_registry
@@ -257,21 +262,25 @@ def run_demo(
     use_experiment(model_registry.TRAINING_EXPERIMENT, tracking_uri)
     data = load_dataset("bundled")
     started = time.perf_counter()
-    # the cold-start demo learns everything from the loop's logs, which VW's online learner does
-    # from the first round (the quality policy's prior comes from labelled data it does not have)
-    cold = train_bundle(
-        data, cold_start=True, policy_name="vw_squarecb", policy_params=policy_params
-    )
-    base_dir = cold.save(work_dir / "cold-bundle")
+    if cold:
+        # the cold-start demo learns everything from the loop's logs, which VW's online learner
+        # does from the first round (the quality policy's prior comes from labelled data)
+        start = train_bundle(
+            data, cold_start=True, policy_name="vw_squarecb", policy_params=policy_params
+        )
+    else:
+        start = train_bundle(data)  # the shipped prior: `polyroute bundle --dataset bundled`
+    origin = "cold start" if cold else "prior"
+    base_dir = start.save(work_dir / "start-bundle")
     events_dir = work_dir / "events"
     models = config.models or DEMO_MODELS
     config.models = models
 
-    # the cold start is the first champion, before anything serves
+    # the starting policy is the first champion, before anything serves
     model_registry.register_champion(
-        cold, "demo: cold start", tracking_uri=tracking_uri, tags={"origin": "cold start"}
+        start, f"demo: {origin}", tracking_uri=tracking_uri, tags={"origin": origin}
     )
-    value = HeldOutValue.sample(cold, data, config)  # one yardstick for every number below
+    value = HeldOutValue.sample(start, data, config)  # one yardstick for every number below
     with contextlib.ExitStack() as stack:
         traffic: SimulatedTraffic | GatewayTraffic
         if offline:
@@ -280,7 +289,7 @@ def run_demo(
             )
         else:
             traffic = stack.enter_context(
-                _service(config, data, cold, events_dir, tracking_uri, concurrency)
+                _service(config, data, start, events_dir, tracking_uri, concurrency)
             )
         results = run_loop(
             config,
@@ -294,16 +303,17 @@ def run_demo(
             value=value,
         )
     trace = traffic.trace if isinstance(traffic, GatewayTraffic) else []
-    final = final_value(cold, tracking_uri, value)
-    curve = policy_curve(events_dir, cold, value, config.seed)
+    final = final_value(start, tracking_uri, value)
+    curve = policy_curve(events_dir, start, value, config.seed)
     summary = {
         "mode": "offline" if offline else "service",
+        "start": origin,
         "config": {**asdict(config), "gate": asdict(config.gate)},
         "rounds": [asdict(r) for r in results],
         "final": final,
         "curve": curve,
         "seconds": time.perf_counter() - started,
-        "reference": reference(data, models, cold),
+        "reference": reference(data, models, start),
     }
     write_outputs(out_dir, summary, trace)
     return summary

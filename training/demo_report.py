@@ -94,7 +94,7 @@ def write_outputs(out_dir: Path, summary: dict[str, Any], trace: list[dict[str, 
     path.append((final[2] * 1e6, final[1]))
     xs, ys = zip(*path, strict=True)
     ax.plot(xs, ys, "o-", color="tab:blue", label="champion after each round")
-    ax.scatter([xs[0]], [ys[0]], color="tab:red", zorder=3, label="cold start")
+    ax.scatter([xs[0]], [ys[0]], color="tab:red", zorder=3, label="start")
     curve = sorted(summary.get("curve", []), key=lambda p: p["cost"])
     if curve:
         ax.plot(
@@ -148,7 +148,8 @@ def write_outputs(out_dir: Path, summary: dict[str, Any], trace: list[dict[str, 
         "with the training ones: a candidate can then be better on the traffic (served reward "
         "up) and worse on new prompts (test value down).",
         f"Final champion test value {final_v['final'][0]:.3f} (quality {final_v['final'][1]:.3f}, "
-        f"cost {final_v['final'][2] * 1e6:.1f} µUSD) vs cold start {final_v['cold'][0]:.3f} "
+        f"cost {final_v['final'][2] * 1e6:.1f} µUSD) vs the start "
+        f"({summary.get('start', 'cold start')}) {final_v['cold'][0]:.3f} "
         f"(quality {final_v['cold'][1]:.3f}); best single model reward {best:.3f}; oracle "
         f"{summary['reference']['oracle_reward']:.3f}.",
     ]

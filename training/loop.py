@@ -245,7 +245,8 @@ def sample_test_rows(data: RoutingDataset, n: int, rng: np.random.Generator) -> 
 
 
 def final_value(base: PolicyBundle, tracking_uri: str, value: HeldOutValue) -> dict[str, Any]:
-    """The final champion's true test value, beside the cold start's (``base``)."""
+    """The final champion's true test value, beside the starting policy's (``base``; the key
+    ``cold`` is kept for the JSON's readers: it is the prior when the loop started from one)."""
     champion = _champion(base, tracking_uri)
     return {
         "version": champion.version,

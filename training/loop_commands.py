@@ -132,10 +132,12 @@ def _demo(args: argparse.Namespace) -> int:
         config,
         offline=args.offline,
         concurrency=args.concurrency,
+        cold=args.cold,
     )
     final = summary["final"]
     print(
-        f"final champion test reward {final['final'][0]:.3f} vs cold start {final['cold'][0]:.3f}; "
+        f"final champion test reward {final['final'][0]:.3f} vs the start ({summary['start']}) "
+        f"{final['cold'][0]:.3f}; "
         f"results in {args.out}/demo.md, demo.json, demo_reward.png, demo_quality_cost.png"
     )
     return 0
@@ -215,6 +217,12 @@ def add_commands(sub: Any) -> None:
     )
     demo.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     demo.add_argument("--offline", action="store_true", help="simulate traffic in-process")
+    demo.add_argument(
+        "--cold",
+        action="store_true",
+        help="start from an untrained VW policy (the learning curve from nothing) instead of the "
+        "shipped prior (default: off)",
+    )
     demo.add_argument(
         "--out", default="experiments/results/demo", help="directory of the demo's results"
     )
