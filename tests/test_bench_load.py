@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from test_gateway import EXAMPLE
 
-from training.bench.load import capacity, load_table, run_load
+from training.bench.load import capacity, load_markdown, load_table, run_load
 
 
 def row(rate: float, p99: float | None, direct: int = 0, routed: int = 0) -> dict[str, Any]:
@@ -51,3 +51,7 @@ def test_one_run_prints_rates_capacity_memory_and_overload(
     assert len(result["load_average_start"]) == len(result["load_average_end"]) == 3
     table = load_table(result)
     assert "| 20 |" in table and "| configured |" in table and "Gateway RSS" in table
+    result["command"] = "polyroute bench-load --rates 20,40"
+    text = load_markdown(result)
+    assert text.startswith("Command: `polyroute bench-load --rates 20,40`") and table in text
+    assert f"load average (1/5/15 min) {result['load_average_start']} at the start" in text

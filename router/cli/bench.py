@@ -175,7 +175,7 @@ def _bench_overhead(args: argparse.Namespace) -> int:
 
 
 def _bench_load(args: argparse.Namespace) -> int:
-    from training.bench.load import BASELINE, load_table, run_load
+    from training.bench.load import BASELINE, load_markdown, load_table, run_load
 
     baseline: dict[str, Any] | None = dict(BASELINE)
     if args.baseline == "none":
@@ -198,12 +198,7 @@ def _bench_load(args: argparse.Namespace) -> int:
     table = load_table(result)
     print(table)
     if args.out:
-        start, end = result["load_average_start"], result["load_average_end"]
-        head = (
-            f"Command: `{command}`\n\nDate: {result['date_utc']}; {result['cpus']} CPUs; load "
-            f"average (1/5/15 min) {start} at the start, {end} at the end\n\n"
-        )
-        Path(args.out).write_text(head + table + "\n")
+        Path(args.out).write_text(load_markdown(result))
         Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 

@@ -119,7 +119,8 @@ def load_table(result: dict[str, Any]) -> str:
         f"{result['router_rss_mb_end']:.0f} MB after the last point.",
         "",
         f"Overload: polyroute alone at {result['overload_rps']:g} req/s "
-        f"({result['overload_factor']:g} x capacity):",
+        f"({result['overload_factor']:g} x "
+        f"{'capacity' if top is not None else 'the lowest rate: no rate met the bound'}):",
         "",
         "| admission | served req/s | accepted p50 / p99 ms | refused (503) "
         "| refusals p50 / p99 ms | other errors | gateway CPU ms/req |",
@@ -136,3 +137,13 @@ def load_table(result: dict[str, Any]) -> str:
             f"| {_f(r['router_cpu_ms_per_req'], 2)} |"
         )
     return "\n".join(lines)
+
+
+def load_markdown(result: dict[str, Any]) -> str:
+    """The results file: the command, the date, the machine's load around the run, the table."""
+    start, end = result["load_average_start"], result["load_average_end"]
+    return (
+        f"Command: `{result['command']}`\n\nDate: {result['date_utc']}; {result['cpus']} CPUs "
+        f"(pinned: {result['pinned']}); load average (1/5/15 min) {start} at the start, {end} "
+        f"at the end\n\n{load_table(result)}\n"
+    )
