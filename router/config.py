@@ -146,7 +146,9 @@ class AdmissionConfig(_Strict):
     (Netflix concurrency-limits' Gradient2), between ``min_limit`` and ``max_in_flight``,
     starting at ``initial_limit``, recomputed every ``window_ms``; the limit shrinks when that
     latency exceeds ``latency_tolerance`` times its long-term average, by at most
-    ``smoothing / 2`` of itself a window. ``fixed``: the limit is ``max_in_flight``.
+    ``smoothing / 2`` of itself a window; a request that would wait behind one already
+    waiting ``queue_wait_ms / 2``, or that nothing could admit or queue, is refused at once.
+    ``fixed``: the limit is ``max_in_flight`` and admission is as before the adaptive limit.
 
     Priority p is admitted while fewer than ``limit * share(p)`` requests are in flight,
     ``share(p) = lowest_priority_share + (1 - lowest_priority_share) * p / 9`` (priority 9 may

@@ -17,11 +17,12 @@ windows plainly averaged)::
 
 the limit is not raised while fewer than half of it were in flight in the window (the load,
 not the limit, bounded the traffic), and ``long`` is cut by 10% whenever it is more than twice
-``short`` (recovery after a long overload), both as in ``Gradient2Limit``. ``queue_size`` is
-the square root of the limit (the library's ``SquareRootFunction``, an option of its builder;
-its default is a constant 4) so that a deployment whose upstream calls take seconds, and so
-needs hundreds of requests in flight (Little's law), reaches its limit in seconds rather than
-minutes. ``latency_tolerance`` is ``rttTolerance`` of the library's later versions.
+``short`` (recovery after a long overload), both as in ``Gradient2Limit``. ``queue_size``
+grows as the square root of the limit (the library's ``SquareRootFunction``, an option of its
+builder; its default is a constant 4, kept as the floor) so that a deployment whose upstream
+calls take seconds, and so needs hundreds of requests in flight (Little's law), reaches its
+limit in seconds rather than minutes. ``latency_tolerance`` is ``rttTolerance`` of the
+library's later versions.
 
 ``admission.limiter: fixed``: the limit is ``max_in_flight``, as before this limiter existed.
 
@@ -50,8 +51,9 @@ or higher), at most ``admission.queue_wait_ms``: the queue-time bound, after whi
 is refused (503 + Retry-After) rather than served late. Under the adaptive limit, a request
 that would wait behind one that has already waited half the bound is refused at once (the
 queue is not draining fast enough to serve it in time; CoDel's reading of a standing queue
-from its head's sojourn time), and when no priority could have a slot or wait, the route
-refuses before it even parses the request (:meth:`Admission.saturated`): under sustained
+from its head's sojourn time), and when no priority could have a slot or wait, the gateway
+refuses before it routes or parses the request (:meth:`Admission.saturated`,
+:class:`router.http.routes.RefuseWhenSaturated`): under sustained
 overload refusals are most of the traffic, and answered at once, not after the bound, with
 the least work. ``limiter: fixed`` keeps the admission as it was before (every request that
 may wait waits the full bound, and is parsed first).
