@@ -139,13 +139,30 @@ class TrafficConfig(_Strict):
 
 
 class AdmissionConfig(_Strict):
-    """Priorities when a worker is saturated: priority p is admitted while fewer than
-    ``max_in_flight * share(p)`` requests are in flight, ``share(p) = lowest_priority_share +
-    (1 - lowest_priority_share) * p / 9`` (priority 9 may use every slot); requests of priority
-    ``queue_min_priority`` or more wait up to ``queue_wait_ms`` for a slot, highest first."""
+    """How many routed requests a worker holds at once, and which it sheds first
+    (``router.traffic.admission``).
 
+    ``limiter``: ``gradient2`` (default) moves the limit with the latency the gateway itself adds
+    (Netflix concurrency-limits' Gradient2), between ``min_limit`` and ``max_in_flight``,
+    starting at ``initial_limit``, recomputed every ``window_ms``; the limit shrinks when that
+    latency exceeds ``latency_tolerance`` times its long-term average, by at most
+    ``smoothing / 2`` of itself a window; a request that would wait behind one already
+    waiting ``queue_wait_ms / 2``, or that nothing could admit or queue, is refused at once.
+    ``fixed``: the limit is ``max_in_flight`` and admission is as before the adaptive limit.
+
+    Priority p is admitted while fewer than ``limit * share(p)`` requests are in flight,
+    ``share(p) = lowest_priority_share + (1 - lowest_priority_share) * p / 9`` (priority 9 may
+    use every slot); requests of priority ``queue_min_priority`` or more wait up to
+    ``queue_wait_ms`` for a slot, highest first, then are refused (503 + Retry-After)."""
+
+    limiter: Literal["gradient2", "fixed"] = "gradient2"
+    initial_limit: Annotated[int, Field(ge=1)] = 20  # clamped to [min_limit, max_in_flight]
+    min_limit: Annotated[int, Field(ge=1)] = 8  # clamped to max_in_flight
+    smoothing: Annotated[float, Field(gt=0, le=1)] = 0.2
+    latency_tolerance: Annotated[float, Field(ge=1)] = 1.5
+    window_ms: PositiveFloat = 100.0
     lowest_priority_share: Annotated[float, Field(gt=0, le=1)] = 0.5
-    queue_wait_ms: NonNegativeFloat = 0.0
+    queue_wait_ms: NonNegativeFloat = 20.0
     queue_min_priority: Annotated[int, Field(ge=0, le=9)] = 5
 
 
@@ -246,9 +263,10 @@ class RouterConfig(_Strict):
     policy_bundle: str | None = None
     policy: PolicyConfig | None = None  # None: serve the given bundle, no reloading
     admin_api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    # routed requests a worker holds at once; more are refused with 503 + Retry-After at once
-    # instead of queueing until every request times out (overhead.md: past ~600 req/s per path a
-    # worker without this cap collapsed into 10-s timeouts)
+    # routed requests a worker holds at once at most (admission.limiter gradient2: the ceiling of
+    # the adaptive limit; fixed: the limit); more are refused with 503 + Retry-After instead of
+    # queueing until every request times out (overhead.md: past ~600 req/s per path a worker
+    # without this cap collapsed into 10-s timeouts)
     max_in_flight: Annotated[int, Field(ge=1)] = 256
     admission: AdmissionConfig = AdmissionConfig()
     traffic: TrafficConfig = TrafficConfig()

@@ -102,8 +102,14 @@ class GatewayMetrics:
         )
         self.admission_waits = Counter(
             "polyroute_admission_waits",
-            "Requests that waited for an in-flight slot, by result (admitted, timed_out)",
+            "Requests that could not have an in-flight slot at once, by result (admitted after "
+            "waiting, timed_out at queue_wait_ms, refused_at_once: the queue was not draining)",
             ["result"],
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "polyroute_admission_limit",
+            "The requests in flight a worker admits now (adaptive, or max_in_flight)",
             registry=r,
         )
         self.traffic_store_errors = Counter(

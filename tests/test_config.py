@@ -49,7 +49,8 @@ def test_example_config_is_valid() -> None:
     # limits, budgets and priorities (router/traffic/) are shown in the example
     demo, batch = config.tenants
     assert demo.tokens_per_minute == 200_000 and demo.budget_usd_per_day == 5.0
-    assert batch.priority < demo.priority and config.admission.queue_wait_ms == 50
+    assert batch.priority < demo.priority and config.admission.queue_wait_ms == 20
+    assert config.admission.limiter == "gradient2"
     assert config.traffic.store == "memory"
 
 
@@ -132,6 +133,9 @@ def _set(path: str, value: Any) -> dict[str, Any]:
         (_set("traffic.timeout_ms", 0), r"traffic\.timeout_ms: .*greater than 0"),
         (_set("admission.lowest_priority_share", 0), r"admission\.lowest_priority_share"),
         (_set("admission.queue_min_priority", 10), r"admission\.queue_min_priority"),
+        (_set("admission.limiter", "vegas"), r"admission\.limiter: .*'gradient2' or 'fixed'"),
+        (_set("admission.min_limit", 0), r"admission\.min_limit: .*greater than or equal to 1"),
+        (_set("admission.latency_tolerance", 0.9), r"admission\.latency_tolerance"),
         ("- just\n- a list\n", r"expected a mapping"),
         ("models: [unclosed\n", r"not valid YAML"),
     ],

@@ -401,7 +401,7 @@ def admission(max_in_flight: int, **config: Any) -> Admission:
 
 def test_lowest_priority_share_sets_where_shedding_starts() -> None:
     half = admission(10, lowest_priority_share=0.5)
-    assert half.limits[0] == 5 and half.limits[9] == 10
+    assert half.limit_of(0) == 5 and half.limit_of(9) == 10
     assert [half.try_acquire(0) for _ in range(6)] == [True] * 5 + [False]
     assert half.try_acquire(9)  # priority 9 may use every slot
     fifth = admission(10, lowest_priority_share=0.2)

@@ -1,5 +1,6 @@
 """The measuring commands: ``benchmark`` (routers on a routing dataset), ``bench-features``,
-``bench-decision`` and ``bench-overhead`` (latencies), ``summarize`` (result tables)."""
+``bench-decision`` and ``bench-overhead`` (latencies), ``bench-load`` (rates, CPU, memory and
+overload in one run), ``bench-chaos``, ``summarize`` (result tables)."""
 
 from __future__ import annotations
 
@@ -173,6 +174,35 @@ def _bench_overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_load(args: argparse.Namespace) -> int:
+    from training.bench.load import BASELINE, load_markdown, load_table, run_load
+
+    baseline: dict[str, Any] | None = dict(BASELINE)
+    if args.baseline == "none":
+        baseline = None
+    elif args.baseline:
+        baseline = json.loads(args.baseline)
+    result = run_load(
+        args.config,
+        args.bundle,
+        [float(r) for r in args.rates.split(",")],
+        args.seconds,
+        Path(args.workdir),
+        args.overload_factor,
+        args.p99_ms,
+        args.pin,
+        baseline,
+    )
+    command = " ".join(["polyroute", *sys.argv[1:]])
+    result["command"] = command
+    table = load_table(result)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(load_markdown(result))
+        Path(args.out).with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def _bench_chaos(args: argparse.Namespace) -> int:
     from training.bench.chaos import SCENARIOS, chaos_table, run_chaos
     from training.datasets import load_dataset
@@ -298,6 +328,42 @@ def add_commands(sub: Any) -> None:
     )
     overhead.add_argument("--jsonl", help="also append the rows to this file")
     overhead.set_defaults(func=_bench_overhead)
+
+    load = sub.add_parser(
+        "bench-load",
+        help="direct vs polyroute at several rates, CPU per request, RSS, and 4x overload "
+        "(before/after admission) in one run",
+    )
+    load.add_argument("--config", default=str(EXAMPLE_CONFIG), help="router YAML config")
+    load.add_argument("--bundle", default=".polyroute/bundle", help="policy bundle directory")
+    load.add_argument(
+        "--rates", default="100,200,400,800", help="requests/s per path (default %(default)s)"
+    )
+    load.add_argument("--seconds", type=float, default=10.0, help="per point (default 10)")
+    load.add_argument(
+        "--overload-factor",
+        type=float,
+        default=4.0,
+        help="overload rate = this x the highest rate meeting --p99-ms (default 4)",
+    )
+    load.add_argument(
+        "--p99-ms", type=float, default=50.0, help="capacity's p99 bound (default 50)"
+    )
+    load.add_argument(
+        "--baseline",
+        default="",
+        help="JSON of admission keys of the router the overload point is compared with "
+        '(default {"limiter": "fixed", "queue_wait_ms": 50}: the admission before the adaptive '
+        "limit); 'none' to skip",
+    )
+    load.add_argument(
+        "--pin", action="store_true", help="router on CPU 0, upstream + load generator on CPU 1"
+    )
+    load.add_argument(
+        "--workdir", default=".polyroute/load", help="configs and events (default .polyroute/load)"
+    )
+    load.add_argument("--out", help="write the table (.md) and the result (.json) here")
+    load.set_defaults(func=_bench_load)
 
     chaos = sub.add_parser(
         "bench-chaos", help="injected faults and a killed worker at a fixed rate (chaos results)"

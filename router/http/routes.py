@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from features.errors import BudgetExceededError, NotFoundError, PolyrouteError, RequestError
 from router.canary import Arm
@@ -28,6 +29,7 @@ from router.traffic.limits import effective_priority
 logger = logging.getLogger(__name__)
 
 LOGGED = "polyroute.decision"  # the request scope's key of its decision, once logged
+CHAT = "/v1/chat/completions"
 
 
 def add_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -148,18 +150,20 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
 
     async def chat(request: Request) -> Response:
         start = time.perf_counter()
+        admission = gateway.admission
         body = await json_body(request)
         call = parse_chat(request, body, config, gateway.health.models, gateway.tenant)
         # admission by priority: the event loop is single-threaded, so check and count are one
         priority = effective_priority(call.tenant, call.hints)
-        if not gateway.admission.try_acquire(priority):
-            await gateway.admission.acquire(priority)  # waits, or refuses with 503
+        if not admission.try_acquire(priority):
+            await admission.acquire(priority)  # waits, or refuses with 503
         try:
-            return await _chat(request, call, start)
+            since = await admission.admitted()  # the adaptive limit's sample starts here
+            return await _chat(request, call, start, since)
         except BaseException as exc:  # free unless raised
             return failed(request, exc, time.perf_counter() - start)
         finally:
-            gateway.admission.release()
+            admission.release()
 
     def failed(request: Request, exc: BaseException, seconds: float) -> Response:
         """A chat call that raised: a logged decision gets its outcome (no decision is left
@@ -175,7 +179,7 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
         gateway.metrics.errors.labels("internal_error").inc()
         return internal_error(decision.decision_id if decision is not None else None)
 
-    async def _chat(request: Request, call: ChatRequest, start: float) -> Response:
+    async def _chat(request: Request, call: ChatRequest, start: float, since: float) -> Response:
         traffic = gateway.traffic
         limits = traffic.limits_of(call.tenant)  # None: no limits, nothing to do here
         admitted = None
@@ -232,6 +236,7 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
             if canary is not None:
                 canary.on_decision(decision.decision_id, arm)
             gateway.metrics.decisions.labels(decision.chosen).inc()
+            gateway.admission.observe(since)  # the gateway's own time ends: the upstream's
             return await dispatch(
                 gateway,
                 call.body,
@@ -247,7 +252,32 @@ def add_routes(app: FastAPI, gateway: Gateway) -> None:
 
     # a plain Starlette route: the endpoint takes the raw Request and returns a Response, so
     # FastAPI's per-request dependency solving and response validation would only cost time
-    app.router.add_route("/v1/chat/completions", chat, methods=["POST"], include_in_schema=False)
+    app.router.add_route(CHAT, chat, methods=["POST"], include_in_schema=False)
+    app.add_middleware(RefuseWhenSaturated, gateway=gateway)
+
+
+class RefuseWhenSaturated:
+    """ASGI middleware: a chat request that no priority could have a slot for, nor wait for
+    (:meth:`~router.traffic.admission.Admission.saturated`), is refused (503 + Retry-After)
+    before anything parses it, authenticates it or routes it. Under overload refusals are most
+    of the traffic, and Starlette's routing, request object and exception handling cost several
+    times the refusal itself (0.55 ms a refusal through them, 0.10-0.16 ms without, measured
+    in-process on the shared 2-core machine): what refusals do not spend, accepted requests
+    get."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == CHAT and scope["method"] == "POST":
+            why = self.gateway.admission.saturated()
+            if why is not None:
+                exc = self.gateway.admission.refusal(None, why)
+                self.gateway.metrics.errors.labels(type(exc).__name__).inc()
+                await error_of(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def internal_error(decision_id: str | None = None) -> Response:

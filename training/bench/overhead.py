@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from training.bench.mock_upstream import install_uvloop
 
 TIMEOUT_S = 10.0
 HEADER = b"x-polyroute-overhead-ms"
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "Say hello in one word."}]}
 
 
 def free_port() -> int:
@@ -184,9 +186,12 @@ async def _run_rate(
     router: tuple[str, int],
     body: dict[str, Any],
     direct_model: str,
+    both: bool = True,
 ) -> dict[str, Any]:
+    """Request i leaves at i / rate to the upstream (unless not ``both``) and to the router."""
     direct: list[float] = []
     routed: list[float] = []
+    statuses: list[int] = []  # of the routed answers, in ``routed``'s order
     header: list[float] = []
     errors = {"direct": 0, "routed": 0}
     reasons: list[str] = []  # the first few errors, to say what went wrong
@@ -209,6 +214,8 @@ async def _run_rate(
             return
         out.append((time.perf_counter() - start) * 1000)
         paired[int(path == "routed"), i] = out[-1]
+        if path == "routed":
+            statuses.append(status)
         if status != 200:
             errors[path] += 1
             if len(reasons) < 5:
@@ -228,18 +235,21 @@ async def _run_rate(
             await asyncio.sleep(delay)
         elif delay < -0.001:
             late += 1  # the load generator itself fell behind its schedule
-        tasks.append(asyncio.create_task(one(direct_client, direct, "direct", i)))
+        if both:
+            tasks.append(asyncio.create_task(one(direct_client, direct, "direct", i)))
         tasks.append(asyncio.create_task(one(routed_client, routed, "routed", i)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - begin
     direct_client.close()
     routed_client.close()
     d, r, h = np.array(direct), np.array(routed), np.array(header)
+    code = np.array(statuses)
+    unanswered = errors["routed"] - int(np.sum(code != 200))  # errors counts both kinds
     row: dict[str, Any] = {
         "rate_rps": rate,
-        "total_rps": 2 * rate,
+        "total_rps": (1 + both) * rate,
         "requests_per_path": n,
-        "achieved_rps_per_path": (len(r) + errors["routed"]) / elapsed,
+        "achieved_rps_per_path": (len(r) + unanswered) / elapsed,
         "errors_direct": errors["direct"],
         "errors_routed": errors["routed"],
         "late_sends": late,
@@ -248,13 +258,24 @@ async def _run_rate(
     }
     row.update({f"direct_p{q}_ms": _pct(d, q) for q in (50, 95, 99)})
     row.update({f"routed_p{q}_ms": _pct(r, q) for q in (50, 95, 99)})
-    row.update({f"overhead_p{q}_ms": (_pct(r, q) or 0) - (_pct(d, q) or 0) for q in (50, 95, 99)})
+    row.update(
+        {
+            f"overhead_p{q}_ms": (_pct(r, q) or 0) - (_pct(d, q) or 0) if both else None
+            for q in (50, 95, 99)
+        }
+    )
     # the same request pair's routed minus direct latency: less sensitive than the difference
     # of percentiles to the direct path's own queueing on a shared machine
     diff = paired[1] - paired[0]
     diff = diff[~np.isnan(diff)]
     row.update({f"paired_overhead_p{q}_ms": _pct(diff, q) for q in (50, 95, 99)})
     row.update({f"in_router_p{q}_ms": _pct(h, q) for q in (50, 95, 99)})
+    # answered requests split: accepted (200) and refused by admission (503)
+    accepted, refused = r[code == 200], r[code == 503]
+    row["accepted_share"] = accepted.size / max(1, n)
+    row["refused_share"] = refused.size / max(1, n)
+    row.update({f"accepted_p{q}_ms": _pct(accepted, q) for q in (50, 99)})
+    row.update({f"refused_p{q}_ms": _pct(refused, q) for q in (50, 99)})
     return row
 
 
@@ -291,16 +312,28 @@ def _pinned(cpus: set[int] | None) -> Callable[[], None] | None:
     return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
 
 
-def run_overhead(
+@dataclass
+class Served:
+    """The processes :func:`serving` started: addresses, the model called directly, pids."""
+
+    upstream: tuple[str, int]
+    router: tuple[str, int]
+    direct_model: str
+    pids: dict[str, int]  # upstream, router, loadgen (this process)
+
+
+@contextlib.contextmanager
+def serving(
     config_path: str,
     bundle_path: str,
-    rates: list[float],
-    seconds: float,
     workdir: Path,
     upstream_kind: str = "mock",
     pin: bool = False,
-) -> list[dict[str, Any]]:
-    """Start the upstream and the router, run each rate, stop both; one row per rate.
+    admission: dict[str, Any] | None = None,
+) -> Iterator[Served]:
+    """Start the upstream and one router worker (every model pointed at the upstream, no
+    tenants, events under ``workdir``, ``admission`` keys over the config's), stop both after;
+    this process (the load generator) runs on the upstream's CPU meanwhile.
 
     ``upstream_kind``: ``"mock"`` (:mod:`training.bench.mock_upstream`) or ``"replay"`` (the replay
     backend, ``--time-scale 0``). ``pin``: router on CPU 0, upstream and load generator on CPU 1.
@@ -319,9 +352,9 @@ def run_overhead(
         model.pop("instances", None)
     raw["tenants"] = []
     raw.setdefault("events", {})["directory"] = str(workdir / "events")
+    raw["admission"] = {**(raw.get("admission") or {}), **(admission or {})}
     config = workdir / "router.yaml"
     config.write_text(yaml.safe_dump(raw))
-    direct_model = raw["models"][0]["name"]
     cli = [sys.executable, "-m", "router.cli"]
     if upstream_kind == "mock":
         up_cmd = [sys.executable, "-m", "training.bench.mock_upstream", "--port", str(up_port)]
@@ -338,32 +371,65 @@ def run_overhead(
     try:
         _wait(f"http://127.0.0.1:{up_port}/healthz")
         _wait(f"http://127.0.0.1:{router_port}/healthz")
-        body = {
-            "model": "auto",
-            "messages": [{"role": "user", "content": "Say hello in one word."}],
-        }
-        up, rt = ("127.0.0.1", up_port), ("127.0.0.1", router_port)
         pids = {name: proc.pid for name, proc in procs.items()} | {"loadgen": os.getpid()}
         install_uvloop()
-        rows = []
-        with _affinity(other_cpus):
-            asyncio.run(_run_rate(50, 3, up, rt, body, direct_model))  # warm-up
-            for rate in rates:
-                row = _measured(
-                    rate,
-                    seconds,
-                    pids,
-                    lambda rate=rate: asyncio.run(  # type: ignore[misc]
-                        _run_rate(rate, seconds, up, rt, body, direct_model)
-                    ),
-                )
-                rows.append({"upstream": upstream_kind, "pinned": pin, **row})
-        return rows
+        with _affinity(other_cpus):  # the load generator, in this process
+            yield Served(
+                ("127.0.0.1", up_port),
+                ("127.0.0.1", router_port),
+                raw["models"][0]["name"],
+                pids,
+            )
     finally:
         for proc in procs.values():
             proc.terminate()
             proc.wait(timeout=20)
         asyncio.set_event_loop_policy(None)
+
+
+def rate_row(served: Served, rate: float, seconds: float, direct: bool = True) -> dict[str, Any]:
+    """One rate against ``served`` (both paths, or the router alone), with CPU per request."""
+    return _measured(
+        rate,
+        seconds,
+        served.pids,
+        lambda: asyncio.run(
+            _run_rate(
+                rate, seconds, served.upstream, served.router, BODY, served.direct_model, direct
+            )
+        ),
+    )
+
+
+def warm_up(served: Served) -> None:
+    asyncio.run(_run_rate(50, 3, served.upstream, served.router, BODY, served.direct_model))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` (MB, /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ConfigError(f"no VmRSS for process {pid}")
+
+
+def run_overhead(
+    config_path: str,
+    bundle_path: str,
+    rates: list[float],
+    seconds: float,
+    workdir: Path,
+    upstream_kind: str = "mock",
+    pin: bool = False,
+) -> list[dict[str, Any]]:
+    """Start the upstream and the router, run each rate, stop both; one row per rate
+    (:func:`serving` says what ``upstream_kind`` and ``pin`` do)."""
+    with serving(config_path, bundle_path, workdir, upstream_kind, pin) as served:
+        warm_up(served)
+        return [
+            {"upstream": upstream_kind, "pinned": pin, **rate_row(served, rate, seconds)}
+            for rate in rates
+        ]
 
 
 def main_rows(rows: list[dict[str, Any]]) -> str:
