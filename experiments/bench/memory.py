@@ -178,8 +178,9 @@ def main() -> None:
         env=env,
         capture_output=True,
         text=True,
-        check=True,
     )
+    if stages.returncode != 0:
+        raise SystemExit(f"the stages probe failed:\n{stages.stderr}")
     result = {
         "stages": json.loads(stages.stdout),
         "worker": worker(args.bundle, args.config, args.requests, args.port_base),
