@@ -3,12 +3,14 @@
 Features of a request = ``[LSA embedding (TF-IDF -> truncated SVD), hand-made signals]``.
 
 ``fit`` uses scikit-learn (``TfidfVectorizer`` + ``TruncatedSVD``), imported inside ``fit``:
-a serving process only loads fitted arrays and never imports it (~100 MB of a worker's memory,
-experiments/results/memory.md). ``transform``/``transform_one`` compute the scikit-learn
-transform with numpy alone: its per-call input validation and sparse-matrix construction cost
-more than the whole decision-path budget (timings: experiments/results/features_latency.md).
-The fast path is a dictionary lookup per token and one small dense product;
-``tests/test_features.py`` checks it against scikit-learn's ``TfidfVectorizer`` on real prompts.
+a serving process only loads fitted arrays and never imports it (with the SciPy and pandas it
+brings, most of the ~170 MB a worker no longer holds: experiments/results/memory.md).
+``transform``/``transform_one`` compute the scikit-learn transform with numpy alone: its
+per-call input validation and sparse-matrix construction cost more than the whole decision-path
+budget (timings: experiments/results/features_latency.md). The fast path is a dictionary
+lookup per token and one small dense product;
+``tests/test_features.py`` and ``tests/test_lean.py`` check it against scikit-learn's
+``TfidfVectorizer`` on real prompts.
 """
 
 from __future__ import annotations
