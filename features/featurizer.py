@@ -2,12 +2,15 @@
 
 Features of a request = ``[LSA embedding (TF-IDF -> truncated SVD), hand-made signals]``.
 
-``fit``/``transform`` use scikit-learn (``TfidfVectorizer`` + ``TruncatedSVD``).
-``transform_one`` computes exactly the same numbers for one request without going through
-scikit-learn: its per-call input validation and sparse-matrix construction cost more than the
-whole decision-path budget (timings: experiments/results/features_latency.md). The fast path is
-a dictionary lookup per token and one small dense product; ``tests/test_features.py`` checks
-that both paths agree to 1e-9.
+``fit`` uses scikit-learn (``TfidfVectorizer`` + ``TruncatedSVD``), imported inside ``fit``:
+a serving process only loads fitted arrays and never imports it (with the SciPy and pandas it
+brings, most of the ~170 MB a worker no longer holds: experiments/results/memory.md).
+``transform``/``transform_one`` compute the scikit-learn transform with numpy alone: its
+per-call input validation and sparse-matrix construction cost more than the whole decision-path
+budget (timings: experiments/results/features_latency.md). The fast path is a dictionary
+lookup per token and one small dense product;
+``tests/test_features.py`` and ``tests/test_lean.py`` check it against scikit-learn's
+``TfidfVectorizer`` on real prompts.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from itertools import repeat
 from pathlib import Path
 
 import numpy as np
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from features.errors import FeaturizerError as PolicyError  # the featurizer's own error class
 from features.signals import SIGNAL_NAMES, compute_signals
@@ -108,6 +109,10 @@ class RequestFeaturizer:
     def fit(self, texts: list[str]) -> RequestFeaturizer:
         if len(texts) < 2:
             raise ValueError(f"fit needs at least 2 texts, got {len(texts)}")
+        # fitting only: serving loads the fitted arrays and never imports scikit-learn
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
         cfg = self.config
         tfidf = TfidfVectorizer(
             analyzer=partial(analyze, max_chars=cfg.max_chars),

@@ -67,7 +67,7 @@ def test_run_config_on_another_dataset_uses_its_models(tmp_path: Path) -> None:
 def test_policy_reports_what_run_serves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.loop_commands import _policy_status
+    from router.cli.loop import _policy_status
 
     monkeypatch.setenv("POLYROUTE_HOME", str(tmp_path))
     serving = {"bundle": str(tmp_path / "bundle"), "policy_version": "v1"}

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from features.errors import PolyrouteError
-from router.cli import bench, offline, serve
+from router.cli import bench, loop, offline, serve
 from router.cli.options import HelpFormatter, finish
 from router.cli.serve import _decision_key
 
@@ -47,11 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub)
     bench.add_commands(sub)
     offline.add_commands(sub)
-    from training.loop_commands import (
-        add_commands,  # train, rollback, policy, demo (the learning loop)
-    )
-
-    add_commands(sub)
+    loop.add_commands(sub)  # train, rollback, policy, demo (the learning loop)
     finish(parser)
     return parser
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from features.errors import ConfigError
 from router.events.models import DecisionEvent, Event, FeedbackEvent, OutcomeEvent
+
+if TYPE_CHECKING:  # pandas is imported by the functions that build frames, not by serving
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +134,8 @@ def join_events(
         (NaN / None without an outcome), ``has_outcome``, ``quality``, ``quality_imputed``,
         ``n_feedback`` and ``reward``. ``attrs`` holds ``n_late`` and ``n_orphans``.
     """
+    import pandas as pd
+
     result = join_decisions(events, join_window_s, default_quality)
     records = []
     for row in result.rows:

@@ -4,21 +4,27 @@ An :class:`~router.policy.base.Action` carries static features (price, speed, co
 and the request's expected cost and latency. Expected cost = input tokens x input price +
 predicted output tokens x output price; output tokens are predicted per model by a ridge
 regression on the request features (one matrix-vector product per request for all models).
+
+Serving loads a catalogue with the standard library and numpy only (``load``); pandas and
+scikit-learn are imported where a catalogue is fitted or saved (training).
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from sklearn.linear_model import Ridge
 
 from features.actions import ACTION_FEATURES as ACTION_FEATURES  # re-exported
 from features.errors import PolicyError
 from router.policy.base import Action
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CATALOGUE_COLUMNS = (
     "model",
@@ -35,7 +41,8 @@ class ActionCatalogue:
 
     Parameters
     ----------
-    models : DataFrame with :data:`CATALOGUE_COLUMNS`
+    models : DataFrame with :data:`CATALOGUE_COLUMNS`, or a mapping of those column names to
+        sequences (what ``load`` reads without pandas)
 
     Attributes (after ``fit``)
     --------------------------
@@ -44,31 +51,39 @@ class ActionCatalogue:
         Ridge regression of ``log1p(output_tokens)`` on request features, per model.
     """
 
-    def __init__(self, models: pd.DataFrame) -> None:
-        missing = [c for c in CATALOGUE_COLUMNS if c not in models.columns]
+    def __init__(self, models: pd.DataFrame | Mapping[str, Sequence[Any]]) -> None:
+        missing = [c for c in CATALOGUE_COLUMNS if c not in models]
         if missing:
             raise PolicyError(f"action catalogue: missing column(s) {missing}")
-        self.models = models[list(CATALOGUE_COLUMNS)].reset_index(drop=True)
-        self.names: list[str] = [str(m) for m in self.models["model"]]
+        # the table's columns as plain lists (a DataFrame's values or the mapping's)
+        self._table: dict[str, list[Any]] = {c: list(models[c]) for c in CATALOGUE_COLUMNS}
+        self.names: list[str] = [str(m) for m in self._table["model"]]
         self.index = {m: i for i, m in enumerate(self.names)}
-        m = self.models
+        m = {c: np.asarray(self._table[c], dtype=float) for c in CATALOGUE_COLUMNS[1:]}
         self.static_features = np.column_stack(
             [
-                np.log1p(m["usd_per_mtok_in"].to_numpy(float)),
-                np.log1p(m["usd_per_mtok_out"].to_numpy(float)),
-                np.log(m["ttft_ms"].to_numpy(float) + 1.0),
-                np.log(m["tokens_per_s"].to_numpy(float)),
-                np.log(m["context_tokens"].to_numpy(float)),
+                np.log1p(m["usd_per_mtok_in"]),
+                np.log1p(m["usd_per_mtok_out"]),
+                np.log(m["ttft_ms"] + 1.0),
+                np.log(m["tokens_per_s"]),
+                np.log(m["context_tokens"]),
             ]
         )
         # read-only, and one row object per model reused by every request: a policy may key
         # per-model state on the identity of these arrays (the VW policy's fast path does)
         self.static_features.setflags(write=False)
         self._rows: list[np.ndarray] = list(self.static_features)
-        self._price_in = m["usd_per_mtok_in"].to_numpy(float) / 1e6
-        self._price_out = m["usd_per_mtok_out"].to_numpy(float) / 1e6
-        self._ttft = m["ttft_ms"].to_numpy(float)
-        self._speed = m["tokens_per_s"].to_numpy(float)
+        self._price_in = m["usd_per_mtok_in"] / 1e6
+        self._price_out = m["usd_per_mtok_out"] / 1e6
+        self._ttft = m["ttft_ms"]
+        self._speed = m["tokens_per_s"]
+
+    @property
+    def models(self) -> pd.DataFrame:
+        """The catalogue as a DataFrame with :data:`CATALOGUE_COLUMNS` (imports pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self._table, columns=list(CATALOGUE_COLUMNS))
 
     def fit(
         self, contexts: np.ndarray, output_tokens: np.ndarray, available: np.ndarray
@@ -80,6 +95,8 @@ class ActionCatalogue:
         contexts : ndarray, shape (n, n_features)
         output_tokens, available : ndarray, shape (n, n_models)
         """
+        from sklearn.linear_model import Ridge  # fitting only: serving never imports it
+
         k = len(self.names)
         coef = np.zeros((contexts.shape[1], k))
         intercept = np.zeros(k)
@@ -192,8 +209,39 @@ class ActionCatalogue:
     @classmethod
     def load(cls, directory: str | Path) -> ActionCatalogue:
         path = Path(directory)
-        catalogue = cls(pd.read_csv(path / "catalogue.csv"))
+        catalogue = cls(read_table(path / "catalogue.csv"))
         arrays = np.load(path / "catalogue.npz")
         catalogue.token_coef_ = arrays["coef"]
         catalogue.token_intercept_ = arrays["intercept"]
         return catalogue
+
+
+def _cell(column: str, text: str) -> Any:
+    """One CSV cell as ``pandas.read_csv`` reads a catalogue's: the model name as text, a number
+    as an int when it is written as one, else a float."""
+    if column == "model":
+        return text
+    if text == "":
+        return float("nan")  # how pandas writes a missing number
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise PolicyError(f"action catalogue: {column}={text!r} is not a number") from None
+
+
+def read_table(path: Path) -> dict[str, list[Any]]:
+    """The columns of a catalogue CSV (as ``save`` writes it), read without pandas."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in CATALOGUE_COLUMNS if c not in header]
+        if missing:
+            raise PolicyError(f"{path}: missing column(s) {missing}")
+        table: dict[str, list[Any]] = {c: [] for c in CATALOGUE_COLUMNS}
+        for row in reader:
+            for column in CATALOGUE_COLUMNS:
+                table[column].append(_cell(column, row[column]))
+    return table

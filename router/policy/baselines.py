@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from features.errors import ConfigError, PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
@@ -117,6 +116,8 @@ class KNNPolicy(Policy):
 
     def _index(self) -> None:
         k = min(self.k, len(self.contexts_))
+        from sklearn.neighbors import NearestNeighbors  # kNN only: no import for other policies
+
         self.nn_ = NearestNeighbors(n_neighbors=k, metric="cosine").fit(self.contexts_)
         self.prior_ = np.nanmean(self.quality_, axis=0)
 

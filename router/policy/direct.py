@@ -6,6 +6,10 @@ soft labels (cross-entropy): each row enters twice, as label 1 with weight q and
 weight 1 - q. The choice maximises ``q_hat - w_cost * cost / scale - ...`` (the profile's reward
 spec) among eligible models, with an epsilon floor so that logged decisions stay usable for
 off-policy learning.
+
+scikit-learn, joblib (and LightGBM) are imported when a predictor is fitted, saved or loaded
+from its pickle, not with this module: serving the default policy scores the predictor's
+linear form (``QualityPredictor.linear_form``) with numpy alone (router/policy/quality.py).
 """
 
 from __future__ import annotations
@@ -14,12 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import KFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
@@ -63,6 +62,11 @@ class QualityPredictor:
         self.seed = seed
 
     def _make(self) -> Any:
+        from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+        from sklearn.model_selection import KFold
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         if self.estimator == "logistic_cv":
             cv = KFold(n_splits=3, shuffle=True, random_state=self.seed)
             search = LogisticRegressionCV(
@@ -201,7 +205,11 @@ class DirectPolicy(Policy):
         return greedy_pmf(self.reward.expected(q, actions), self.epsilon)
 
     def _save_state(self, path: Path) -> None:
+        import joblib
+
         joblib.dump(self.predictor, path / "predictor.joblib")
 
     def _load_state(self, path: Path) -> None:
+        import joblib
+
         self.predictor = joblib.load(path / "predictor.joblib")

@@ -33,17 +33,22 @@ model is fitted once in closed form and any profile's weights apply at decision 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
 from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.direct import QualityPredictor
+
+logger = logging.getLogger(__name__)
+
+PREDICTOR_FILE = "predictor.joblib"  # the prior's scikit-learn estimators (a pickle)
+LINEAR_FILE = "prior_linear.npz"  # its linear form: what serving decides with, no pickle
 
 
 def igw_pmf(
@@ -128,13 +133,44 @@ class QualitySquareCBPolicy(Policy):
         self.min_outcomes = min_outcomes
         self.estimator = estimator
         self.C = C
-        self.predictor: QualityPredictor | None = None
+        self._predictor: QualityPredictor | None = None
+        # a loaded prior whose pickle is not unpickled yet (see ``predictor``): its bytes
+        self._predictor_pickle: bytes | None = None
+        # what deciding needs of the prior: model -> column, the mean prior (a model it never
+        # saw), and its linear form (W, b); None before any fit or load
+        self._prior_index: dict[str, int] | None = None
+        self._prior_fallback = 0.5
         self.n_prior_ = 0  # prompts behind the prior
         self.prior_counts_: dict[str, int] = {}  # known outcomes per model behind the prior
         self.residual_sum_: dict[str, float] = {}
         self.residual_count_: dict[str, int] = {}
         self._linear: tuple[np.ndarray, np.ndarray] | None = None
         self._explored: set[str] = set()  # models known to have >= min_outcomes outcomes
+
+    @property
+    def predictor(self) -> QualityPredictor | None:
+        """The prior quality predictor (scikit-learn estimators). A policy loaded from a bundle
+        decides from the prior's linear form and unpickles this, importing scikit-learn, only
+        when something asks for it (a LightGBM prior, which has no linear form, at load)."""
+        if self._predictor is None and self._predictor_pickle is not None:
+            import io
+
+            import joblib
+
+            self._predictor = joblib.load(io.BytesIO(self._predictor_pickle))
+            self._predictor_pickle = None
+        return self._predictor
+
+    @predictor.setter
+    def predictor(self, predictor: QualityPredictor | None) -> None:
+        self._predictor = predictor
+        self._predictor_pickle = None
+        if predictor is None:
+            self._prior_index, self._prior_fallback, self._linear = None, 0.5, None
+            return
+        self._prior_index = dict(predictor.index_)
+        self._prior_fallback = float(predictor.prior_.mean())
+        self._linear = predictor.linear_form()
 
     def params(self) -> dict[str, Any]:
         return {
@@ -163,7 +199,6 @@ class QualitySquareCBPolicy(Policy):
         counts = np.isfinite(quality).sum(axis=0)
         self.prior_counts_ = {a.model: int(c) for a, c in zip(actions, counts, strict=True)}
         self._explored = set()
-        self._linear = predictor.linear_form()
         return self
 
     def _learn_one(
@@ -183,17 +218,19 @@ class QualitySquareCBPolicy(Policy):
     def quality(self, contexts: np.ndarray, models: Sequence[str]) -> np.ndarray:
         """Prior predicted quality of ``models`` on each context, shape (n, len(models)): the
         prior's mean for a model it never saw, 0.5 for every model before any fit."""
-        if self.predictor is None:
+        index = self._prior_index
+        if index is None:
             return np.full((len(contexts), len(models)), 0.5)
         if self._linear is not None:
             w, b = self._linear
             q_all = 1.0 / (1.0 + np.exp(-(contexts @ w + b)))
         else:
-            q_all = self.predictor.predict(contexts)
-        index = self.predictor.index_
+            predictor = self.predictor
+            assert predictor is not None  # a prior without a linear form keeps its predictor
+            q_all = predictor.predict(contexts)
         if all(m in index for m in models):
             return q_all[:, [index[m] for m in models]]
-        fallback = float(self.predictor.prior_.mean())  # a model the prior never saw
+        fallback = self._prior_fallback  # a model the prior never saw
         q_all = np.hstack([q_all, np.full((len(contexts), 1), fallback)])
         return q_all[:, [index.get(m, -1) for m in models]]
 
@@ -243,8 +280,17 @@ class QualitySquareCBPolicy(Policy):
             "residual_count": self.residual_count_,
         }
         (path / "residuals.json").write_text(json.dumps(state, indent=2))
-        if self.predictor is not None:
-            joblib.dump(self.predictor, path / "predictor.joblib")
+        if self._predictor_pickle is not None:  # loaded and never unpickled: the same bytes
+            (path / PREDICTOR_FILE).write_bytes(self._predictor_pickle)
+        elif self._predictor is not None:
+            import joblib
+
+            joblib.dump(self._predictor, path / PREDICTOR_FILE)
+        if self._prior_index is not None and self._linear is not None:
+            w, b = self._linear
+            models = sorted(self._prior_index, key=self._prior_index.__getitem__)
+            fallback = np.array(self._prior_fallback)
+            np.savez(path / LINEAR_FILE, weights=w, bias=b, models=models, fallback=fallback)
 
     def _load_state(self, path: Path) -> None:
         state_file = path / "residuals.json"
@@ -258,6 +304,36 @@ class QualitySquareCBPolicy(Policy):
         self.residual_count_ = {str(k): int(v) for k, v in state["residual_count"].items()}
         if not all(math.isfinite(v) for v in self.residual_sum_.values()):
             raise PolicyError(f"{path}: residuals.json holds a non-finite residual")
-        model = path / "predictor.joblib"
-        self.predictor = joblib.load(model) if model.is_file() else None
-        self._linear = None if self.predictor is None else self.predictor.linear_form()
+        model, linear = path / PREDICTOR_FILE, path / LINEAR_FILE
+        if not model.is_file():
+            self.predictor = None
+        elif linear.is_file():
+            # the prior as arrays (no pickle, no scikit-learn); the predictor stays pickled
+            with np.load(linear, allow_pickle=False) as arrays:
+                models = [str(m) for m in arrays["models"]]
+                w, b = arrays["weights"], arrays["bias"]
+                fallback = float(arrays["fallback"])
+            if w.ndim != 2 or w.shape[1] != len(models) or b.shape != (len(models),):
+                raise PolicyError(
+                    f"{linear}: weights {w.shape} and bias {b.shape} do not match "
+                    f"its {len(models)} models"
+                )
+            self.predictor = None
+            self._predictor_pickle = model.read_bytes()
+            self._prior_index = {m: j for j, m in enumerate(models)}
+            self._prior_fallback = fallback
+            self._linear = (w, b)
+        else:
+            # a bundle saved before the prior's arrays were (or a LightGBM prior): unpickled,
+            # which imports scikit-learn (and LightGBM) in the serving process
+            import joblib
+
+            self.predictor = joblib.load(model)
+            if self._linear is not None:
+                logger.warning(
+                    "%s: no %s (saved by an older polyroute): the prior is unpickled, which "
+                    "imports scikit-learn, SciPy and pandas (~170 MB of a serving process); "
+                    "PolicyBundle.load(bundle).save(new directory) writes it",
+                    path,
+                    LINEAR_FILE,
+                )

@@ -1,7 +1,8 @@
 """The learning-loop commands of ``polyroute``: ``train``, ``rollback``, ``policy``, ``demo``.
 
-Kept apart from ``router.cli`` (the other commands) and imported lazily: nothing here
-imports MLflow until a command runs.
+Every command imports what it runs (training, MLflow) when it runs: building the parser imports
+nothing of ``training``, so ``polyroute serve``, whose process is the serving worker, never does
+(tests/test_lean.py).
 """
 
 from __future__ import annotations
