@@ -278,6 +278,8 @@ def test_decision_without_its_frame_is_corruption(tmp_path: Path) -> None:
     [
         ({"probabilities": np.array([0.5, 0.6])}, "probabilities"),
         ({"probabilities": np.array([0.5])}, "probabilities"),
+        ({"probabilities": np.array([np.nan, 1.0])}, "probabilities"),
+        ({"probabilities": np.array([-0.25, 1.25]), "chosen_probability": 1.25}, "probabilities"),
         ({"chosen_index": 2}, "chosen_index"),
         ({"chosen_probability": 0.4}, "chosen_probability"),
         ({"override_reason": "pinned"}, "chosen_probability"),

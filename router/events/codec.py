@@ -68,9 +68,14 @@ _FrameKey = tuple[Any, ...]
 
 def _f32(values: np.ndarray) -> str | None:
     """``values`` as base64 little-endian float32; None when one is beyond float32's range."""
-    if values.size and float(np.abs(values).max()) > _F32_MAX:
+    if values.size and (values.max() > _F32_MAX or values.min() < -_F32_MAX):
         return None
     return base64.b64encode(values.astype(_F32).tobytes()).decode("ascii")
+
+
+# one encoder for every line (``json.dumps`` with options builds a new one per call); strings
+# through it are JSON-escaped, floats are spelled by ``repr`` as ``json`` spells them
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 class CompactEncoder:
@@ -144,25 +149,22 @@ class CompactEncoder:
                 "action_features": actions.tolist(),
             }
             out = _dumps(frame)
-        line: dict[str, Any] = {
-            "kind": "decision",
-            "event_id": event.event_id,
-            "timestamp": event.timestamp,
-            "frame": number,
-            "chosen_index": event.chosen_index,
-            "chosen_probability": event.chosen_probability,
-            "pmf_f32": pmf_text,
-            "context_f32": context_text,
-        }
+        text = (
+            f'{{"kind":"decision","event_id":{_ENCODE(event.event_id)},'
+            f'"timestamp":{float(event.timestamp)!r},"frame":{number},'
+            f'"chosen_index":{int(event.chosen_index)},'
+            f'"chosen_probability":{float(event.chosen_probability)!r},'
+            f'"pmf_f32":"{pmf_text}","context_f32":"{context_text}"'
+        )
         if event.override_reason is not None:
-            line["override_reason"] = event.override_reason
+            text += f',"override_reason":{_ENCODE(event.override_reason)}'
         if event.prompt is not None:
-            line["prompt"] = event.prompt
-        return out + _dumps(line)
+            text += f',"prompt":{_ENCODE(event.prompt)}'
+        return out + text.encode() + b"}\n"
 
 
 def _dumps(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return _ENCODE(record).encode() + b"\n"
 
 
 def format1_line(event: Emitted) -> bytes:

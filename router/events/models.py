@@ -221,9 +221,11 @@ class DecisionRecord:
             raise ValueError("event_id: must have 1 to 128 characters")
         if k == 0 or len(set(self.eligible_models)) != k:
             raise ValueError("eligible_models: must be non-empty, without duplicate names")
-        if pmf.shape != (k,) or not np.isfinite(pmf).all():
-            raise ValueError(f"probabilities: expected {k} finite entries (one per eligible model)")
-        if pmf.min() < 0.0 or pmf.max() > 1.0 or abs(math.fsum(pmf.tolist()) - 1.0) > 1e-4:
+        if pmf.shape != (k,):
+            raise ValueError(f"probabilities: expected {k} entries (one per eligible model)")
+        total = math.fsum(pmf.tolist())
+        # written so that NaN fails every comparison
+        if not (pmf.min() >= 0.0 and pmf.max() <= 1.0 and abs(total - 1.0) <= 1e-4):
             raise ValueError("probabilities: every entry must be in [0, 1] and they must sum to 1")
         if actions.ndim != 2 or actions.shape[0] != k or not np.isfinite(actions).all():
             raise ValueError(f"action_features: expected {k} rows of finite numbers")

@@ -159,7 +159,7 @@ class Gateway:
             event_id=decision.decision_id,
             tenant=tenant.name if tenant else "anonymous",
             profile=hints.profile,
-            policy_version=bundle.version,
+            policy_version=engine.version,
             feature_version=bundle.featurizer.version_,
             reward_spec=spec,
             eligible_models=decision.eligible,
