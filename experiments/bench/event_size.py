@@ -23,27 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, os.getcwd())  # the checkout being measured, not an installed copy
 
-import httpx
 import pandas as pd
 from fastapi.testclient import TestClient
+from request_instructions import routed_app  # this directory: same mock upstream and config
 
-from router.app import create_app
-from router.bundle import PolicyBundle
-from router.config import RouterConfig, load_config
 from router.events.file_sink import FileEventSink, event_files, read_events
-
-ANSWER = json.dumps(
-    {
-        "id": "c",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "m",
-        "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hi"}}
-        ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14},
-    }
-).encode()
 
 
 def main() -> None:
@@ -52,20 +36,12 @@ def main() -> None:
     parser.add_argument("--bundle", default=".polyroute/bundle")
     parser.add_argument("--config", default="experiments/configs/router.example.yaml")
     args = parser.parse_args()
-    raw = load_config(args.config).model_dump()
-    raw["tenants"] = []
-    config = RouterConfig.model_validate(raw)
-    bundle = PolicyBundle.load(args.bundle)
     prompts = pd.read_parquet(Path("training/data/mmlu_pro_sample/prompts.parquet"))
     texts = prompts.loc[prompts["split"] == "test", "prompt"].tolist()
 
-    def upstream(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
-
     with tempfile.TemporaryDirectory() as directory:
         sink = FileEventSink(directory, fsync="never")
-        app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
-        with TestClient(app) as client:
+        with TestClient(routed_app(args.config, args.bundle, sink)) as client:
             for i in range(args.n):
                 text = texts[i % len(texts)]
                 body = {"model": "auto", "messages": [{"role": "user", "content": text}]}

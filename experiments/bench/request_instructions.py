@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+from typing import Any
 
 sys.path.insert(0, os.getcwd())  # the checkout being measured, not an installed copy
 
@@ -46,6 +47,20 @@ ANSWER = json.dumps(
 ).encode()
 
 
+def routed_app(config_path: str, bundle_path: str, sink: object) -> Any:
+    """The app of ``config_path`` (tenants removed: open access) serving ``bundle_path``, every
+    model answered by a mock transport with :data:`ANSWER`, events to ``sink``."""
+    raw = load_config(config_path).model_dump()
+    raw["tenants"] = []
+    config = RouterConfig.model_validate(raw)
+    bundle = PolicyBundle.load(bundle_path)
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
+
+    return create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))  # type: ignore[arg-type]
+
+
 class _Drop:
     def emit(self, event: object) -> None:
         return None
@@ -60,21 +75,12 @@ def main() -> None:
         "--sink", choices=("drop", "file"), default="drop", help="drop events, or write them"
     )
     args = parser.parse_args()
-    raw = load_config(args.config).model_dump()
-    raw["tenants"] = []
-    config = RouterConfig.model_validate(raw)
-    bundle = PolicyBundle.load(args.bundle)
-
-    def upstream(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=ANSWER, headers={"content-type": "application/json"})
-
     body = {"model": "auto", "messages": [{"role": "user", "content": "Say hello in one word."}]}
     with tempfile.TemporaryDirectory() as events:
         sink: _Drop | FileEventSink = _Drop()
         if args.sink == "file":  # closed (drained) before the run ends: every event counted
             sink = FileEventSink(events, fsync="never")
-        app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
-        with TestClient(app) as client:
+        with TestClient(routed_app(args.config, args.bundle, sink)) as client:
             for _ in range(20 + args.k):
                 client.post("/v1/chat/completions", json=body)
         if isinstance(sink, FileEventSink):
