@@ -4,7 +4,7 @@ record a line, still read).
 Format 1 (files written before 2026-12-07, and ``FileEventSink(format="json")``): every line is
 a full record, ``{"kind": "decision" | "outcome" | "feedback", ...}``
 (:func:`router.events.models.event_to_record`); a decision of the bundled 29-model policy takes
-about 6.7 KB, most of it the same model names, action features and versions on every line and
+about 6.6 KB, most of it the same model names, action features and versions on every line and
 the float64 text of the features.
 
 Format 2: outcome and feedback lines are those of format 1 without the fields that hold their
