@@ -81,6 +81,8 @@ class DecisionEngine:
             )
         self.config = config
         self.bundle = bundle
+        # logged with every decision: computed once (it hashes the bundle's provenance)
+        self.version = bundle.version
         self._rng = np.random.default_rng(seed)
         catalogue = bundle.catalogue
         # the config's prices per catalogue column (0 for catalogue models not in the config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.events.models import Event
+from router.events.models import DecisionRecord, Emitted, Event
 
 USAGE = {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}
 
@@ -20,13 +20,15 @@ class Clock:
 
 
 class ListSink:
-    """Collects events in memory (the file and PostgreSQL sinks are tested on their own)."""
+    """Collects events in memory (the file and PostgreSQL sinks are tested on their own); a
+    decision the gateway emits as a ``DecisionRecord`` is kept as its validated
+    ``DecisionEvent``, so every emitted decision passes the full model's checks."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def emit(self, event: Event) -> None:
-        self.events.append(event)
+    def emit(self, event: Emitted) -> None:
+        self.events.append(event.to_event() if isinstance(event, DecisionRecord) else event)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e.to_dict() for e in self.events if e.kind == kind]

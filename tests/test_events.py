@@ -27,6 +27,7 @@ from router.events import (
     read_events,
     to_dsjson,
 )
+from router.events.codec import CompactEncoder
 from router.events.file_sink import event_files
 from router.http.errors import status_of
 
@@ -162,10 +163,10 @@ def test_flush_writes_everything_accepted(tmp_path: Path) -> None:
         assert len(list(read_events(tmp_path))) == 50
 
 
-def test_rotation_at_max_bytes(tmp_path: Path) -> None:
+def test_rotation_at_max_bytes_format1(tmp_path: Path) -> None:
     line_bytes = len(json.dumps(decision().to_dict(), separators=(",", ":"))) + 1
     max_bytes = 10 * line_bytes + 5  # room for 10 lines per file
-    with FileEventSink(tmp_path, max_bytes=max_bytes, fsync="interval") as sink:
+    with FileEventSink(tmp_path, max_bytes=max_bytes, fsync="interval", format="json") as sink:
         for i in range(35):
             sink.emit(decision(i))
     files = event_files(tmp_path)
@@ -173,6 +174,28 @@ def test_rotation_at_max_bytes(tmp_path: Path) -> None:
     assert all(f.stat().st_size <= max_bytes for f in files)
     assert [f.stat().st_size // line_bytes for f in files] == [10, 10, 10, 5]
     assert [e.event_id for e in read_events(tmp_path)] == [decision(i).event_id for i in range(35)]
+
+
+def test_rotation_starts_each_compact_file_with_its_frames(tmp_path: Path) -> None:
+    encoder = CompactEncoder()
+    frame_bytes = len(encoder.encode(decision(0)).splitlines(keepends=True)[0])
+    line_bytes = len(encoder.encode(decision(0)))  # the frame is known now: one line
+    assert line_bytes < frame_bytes
+    max_bytes = frame_bytes + 10 * line_bytes + 5  # a frame and 10 decisions per file
+    with FileEventSink(tmp_path / "log", max_bytes=max_bytes, fsync="never") as sink:
+        for i in range(35):
+            sink.emit(decision(i))
+    files = event_files(tmp_path / "log")
+    assert [f.stat().st_size for f in files] == [
+        frame_bytes + n * line_bytes for n in (10, 10, 10, 5)
+    ]
+    ids = [decision(i).event_id for i in range(35)]
+    assert [e.event_id for e in read_events(tmp_path / "log")] == ids
+    for n, path in enumerate(files):  # every file reads alone: it holds its own frame
+        alone = tmp_path / f"alone{n}"
+        alone.mkdir()
+        (alone / path.name).write_bytes(path.read_bytes())
+        assert [e.event_id for e in read_events(alone)] == ids[10 * n : 10 * n + 10]
 
 
 def test_full_queue_raises_and_loses_nothing_accepted(
@@ -234,7 +257,7 @@ def test_torn_last_line_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING, logger="router.events.file_sink"):
         back = list(read_events(tmp_path))
     assert len(back) == 3
-    assert "torn last line 4" in caplog.text
+    assert "torn last line 5" in caplog.text  # after a frame line and three decisions
     # a new sink never appends to the torn file, so its events read back after it
     with FileEventSink(tmp_path, fsync="never") as sink:
         sink.emit(decision(4))

@@ -4,8 +4,15 @@ A decision event is written for every routed request before the response returns
 (cost, latency, tokens, error) follows when the upstream call ends, and quality feedback may
 arrive much later through ``POST /v1/feedback``. All three share the decision's ``event_id``.
 
-Records on disk and in PostgreSQL are ``{"kind": "decision" | "outcome" | "feedback", ...}``
-dictionaries (:func:`event_to_record`, :func:`event_from_record`).
+Records in PostgreSQL (and in files of format 1) are ``{"kind": "decision" | "outcome" |
+"feedback", ...}`` dictionaries (:func:`event_to_record`, :func:`event_from_record`); the file
+sink writes decisions in a compact form (:mod:`router.events.codec`) that reads back as the same
+records.
+
+The gateway emits a decision as a :class:`DecisionRecord` (the decision's own numpy arrays,
+checked by the same invariants with a few numpy operations, no per-value Python objects); a sink
+serialises it on its writer thread, and :meth:`DecisionRecord.to_event` gives the validated
+:class:`DecisionEvent` wherever a full record is wanted (PostgreSQL, tests).
 
 Invariants checked here, with messages naming the field:
 
@@ -22,8 +29,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from features.errors import DatasetError
@@ -176,7 +185,99 @@ class FeedbackEvent(_Event):
     quality: float
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class DecisionRecord:
+    """A decision as the gateway emits it: the fields of :class:`DecisionEvent` with the numeric
+    parts as the decision's own float64 arrays (``probabilities`` (K,), ``action_features``
+    (K, n_action_features), ``context_features`` (n_features,)).
+
+    Construction checks the invariants of :class:`DecisionEvent` (module docstring) with numpy
+    and raises ``ValueError`` naming the field; :meth:`to_event` validates the full model.
+    """
+
+    kind: ClassVar[str] = "decision"
+
+    event_id: str
+    tenant: str
+    profile: str
+    policy_version: str
+    feature_version: str
+    reward_spec: RewardSpecRecord
+    eligible_models: list[str]
+    action_features: np.ndarray
+    probabilities: np.ndarray
+    chosen_index: int
+    chosen_probability: float
+    context_features: np.ndarray
+    override_reason: str | None = None
+    prompt: str | None = None
+    reward_spec_version: str = "1"
+    timestamp: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        k = len(self.eligible_models)
+        pmf, actions, context = self.probabilities, self.action_features, self.context_features
+        if not 0 < len(self.event_id) <= 128:
+            raise ValueError("event_id: must have 1 to 128 characters")
+        if k == 0 or len(set(self.eligible_models)) != k:
+            raise ValueError("eligible_models: must be non-empty, without duplicate names")
+        if pmf.shape != (k,):
+            raise ValueError(f"probabilities: expected {k} entries (one per eligible model)")
+        total = math.fsum(pmf.tolist())
+        # written so that NaN fails every comparison
+        if not (pmf.min() >= 0.0 and pmf.max() <= 1.0 and abs(total - 1.0) <= 1e-4):
+            raise ValueError("probabilities: every entry must be in [0, 1] and they must sum to 1")
+        if actions.ndim != 2 or actions.shape[0] != k or not np.isfinite(actions).all():
+            raise ValueError(f"action_features: expected {k} rows of finite numbers")
+        if context.ndim != 1 or not np.isfinite(context).all():
+            raise ValueError("context_features: expected one row of finite numbers")
+        if not 0 <= self.chosen_index < k:
+            raise ValueError(f"chosen_index: must be in [0, {k})")
+        p = self.chosen_probability
+        if not 0.0 < p <= 1.0 or abs(float(pmf[self.chosen_index]) - p) > 1e-6:
+            raise ValueError("chosen_probability: must be probabilities[chosen_index], > 0")
+        if self.override_reason is not None and p != 1.0:
+            raise ValueError("chosen_probability: must be 1 when override_reason is set")
+        if not (math.isfinite(self.timestamp) and self.timestamp >= 0):
+            raise ValueError("timestamp: must be a finite number >= 0")
+
+    @property
+    def chosen_model(self) -> str:
+        return self.eligible_models[self.chosen_index]
+
+    @property
+    def learnable(self) -> bool:
+        return self.override_reason is None
+
+    def to_event(self) -> DecisionEvent:
+        """The validated :class:`DecisionEvent` (float64 values as they are)."""
+        return DecisionEvent(
+            event_id=self.event_id,
+            timestamp=self.timestamp,
+            tenant=self.tenant,
+            profile=self.profile,
+            policy_version=self.policy_version,
+            feature_version=self.feature_version,
+            reward_spec=self.reward_spec,
+            reward_spec_version=self.reward_spec_version,
+            eligible_models=list(self.eligible_models),
+            action_features=self.action_features.tolist(),
+            probabilities=self.probabilities.tolist(),
+            chosen_model=self.chosen_model,
+            chosen_index=self.chosen_index,
+            chosen_probability=self.chosen_probability,
+            override_reason=self.override_reason,
+            context_features=self.context_features.tolist(),
+            prompt=self.prompt,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record of :meth:`to_event`."""
+        return event_to_record(self.to_event())
+
+
 Event = DecisionEvent | OutcomeEvent | FeedbackEvent
+Emitted = Event | DecisionRecord  # what a sink accepts
 EventKind = Literal["decision", "outcome", "feedback"]
 _KINDS: dict[str, type[DecisionEvent] | type[OutcomeEvent] | type[FeedbackEvent]] = {
     "decision": DecisionEvent,
@@ -190,12 +291,14 @@ def event_to_record(event: _Event) -> dict[str, Any]:
     return {"kind": event.kind, **event.model_dump(mode="json")}
 
 
-def event_to_json(event: _Event) -> bytes:
+def event_to_json(event: _Event, exclude_defaults: bool = False) -> bytes:
     """:func:`event_to_record` as compact UTF-8 JSON, by pydantic-core's serializer (much
     faster than ``json.dumps(event_to_record(event))``). The same keys
     in the same order and the same values; only number spelling may differ (``2.24e-6`` where
-    ``json.dumps`` writes ``2.24e-06``) and non-ASCII text is written as UTF-8, not escaped."""
-    body = event.__pydantic_serializer__.to_json(event)
+    ``json.dumps`` writes ``2.24e-06``) and non-ASCII text is written as UTF-8, not escaped.
+    ``exclude_defaults``: leave out the fields that hold their default (they read back the
+    same)."""
+    body = event.__pydantic_serializer__.to_json(event, exclude_defaults=exclude_defaults)
     return b'{"kind":"' + event.kind.encode() + b'",' + body[1:]
 
 

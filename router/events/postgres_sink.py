@@ -34,7 +34,14 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from features.errors import ConfigError
-from router.events.models import DecisionEvent, Event, event_from_record, event_to_record
+from router.events.models import (
+    DecisionEvent,
+    DecisionRecord,
+    Emitted,
+    Event,
+    event_from_record,
+    event_to_record,
+)
 from router.events.writer import BackgroundEventWriter
 
 logger = logging.getLogger(__name__)
@@ -117,10 +124,12 @@ class PostgresEventSink(BackgroundEventWriter):
         return psycopg.connect(self.dsn, connect_timeout=self.connect_timeout_s, autocommit=True)
 
     # ---- writer thread -------------------------------------------------------------------
-    def _write_batch(self, events: list[Event]) -> None:
+    def _write_batch(self, events: list[Emitted]) -> None:
         decision_rows: list[tuple[Any, ...]] = []
         outcome_rows: list[tuple[Any, ...]] = []
-        for event in events:
+        for emitted in events:
+            # the full record (float64 values as they are), validated
+            event = emitted.to_event() if isinstance(emitted, DecisionRecord) else emitted
             record = Jsonb(event_to_record(event))
             if isinstance(event, DecisionEvent):
                 decision_rows.append(

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 
 from features.errors import ConfigError, EventLogError, EventLogFullError
-from router.events.models import Event
+from router.events.models import Emitted
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class BackgroundEventWriter(ABC):
         self._thread.start()
 
     # ---- request path --------------------------------------------------------------------
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Emitted) -> None:
         """Hand ``event`` to the writer.
 
         Raises
@@ -174,7 +174,7 @@ class BackgroundEventWriter(ABC):
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                events: list[Event] = [e for e in items if e is not _STOP]  # type: ignore[misc]
+                events: list[Emitted] = [e for e in items if e is not _STOP]  # type: ignore[misc]
                 stop = len(events) != len(items)
                 try:
                     if events:
@@ -212,7 +212,7 @@ class BackgroundEventWriter(ABC):
             self._queue.task_done()
 
     @abstractmethod
-    def _write_batch(self, events: list[Event]) -> None:
+    def _write_batch(self, events: list[Emitted]) -> None:
         """Persist ``events`` in order (writer thread only)."""
 
     def _on_idle(self) -> None:

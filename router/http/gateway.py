@@ -19,10 +19,11 @@ from router.bundle import PolicyBundle
 from router.canary import CanaryController
 from router.config import RouterConfig, TenantConfig
 from router.eligibility import RequestHints
-from router.events.models import DecisionEvent, Event, RewardSpecRecord
+from router.events.models import DecisionRecord, Emitted, RewardSpecRecord
 from router.health import HealthBoard
 from router.http.auth import require_admin, tenant_of
 from router.pipeline import Decision, DecisionEngine
+from router.policy.base import RewardSpec
 from router.prometheus import GatewayMetrics
 from router.reload import BundleSource, PolicyReloader
 from router.traffic import build_store
@@ -36,7 +37,7 @@ RECENT_DECISIONS = 100_000  # decisions kept in memory to validate feedback ids
 class EventSink(Protocol):
     """``router.events`` sinks (file, PostgreSQL) satisfy it."""
 
-    def emit(self, event: Event) -> None: ...
+    def emit(self, event: Emitted) -> None: ...
 
 
 class Gateway:
@@ -79,6 +80,7 @@ class Gateway:
         self.traffic = Traffic(config, build_store(config.traffic), self.metrics)
         self.reservations: dict[str, Reservation] = {}  # decision id -> budget reservation
         self.client: UpstreamClient | None = None
+        self._specs: dict[RewardSpec, RewardSpecRecord] = {}  # validated once per spec
 
     def _on_transition(self, model: str, url: str, model_state: str) -> None:
         self.metrics.circuit_state.labels(model).set(STATE_CODE[model_state])
@@ -142,26 +144,31 @@ class Gateway:
         hints: RequestHints,
         override: str | None,
         text: str,
-    ) -> DecisionEvent:
+    ) -> DecisionRecord:
+        """The decision's event: its own arrays (copied: the writer thread reads them later),
+        no Python object per value; the sink serialises it off the request path."""
         bundle = engine.bundle  # the engine that decided: its version, its features
-        pmf = decision.pmf.tolist()
+        pmf = decision.pmf.copy()
         if override:  # the policy did not choose: log the one-hot pmf actually used
-            pmf = [1.0 if i == decision.chosen_index else 0.0 for i in range(len(pmf))]
-        return DecisionEvent(
+            pmf[:] = 0.0
+            pmf[decision.chosen_index] = 1.0
+        spec = self._specs.get(decision.reward)
+        if spec is None:
+            spec = self._specs[decision.reward] = RewardSpecRecord(**decision.reward.__dict__)
+        return DecisionRecord(
             event_id=decision.decision_id,
             tenant=tenant.name if tenant else "anonymous",
             profile=hints.profile,
-            policy_version=bundle.version,
+            policy_version=engine.version,
             feature_version=bundle.featurizer.version_,
-            reward_spec=RewardSpecRecord(**decision.reward.__dict__),
+            reward_spec=spec,
             eligible_models=decision.eligible,
-            action_features=decision.action_features.tolist(),
+            action_features=decision.action_features.copy(),
             probabilities=pmf,
-            chosen_model=decision.chosen,
             chosen_index=decision.chosen_index,
-            chosen_probability=pmf[decision.chosen_index],
+            chosen_probability=float(pmf[decision.chosen_index]),
             override_reason=override,
-            context_features=decision.context.tolist(),
+            context_features=decision.context.copy(),
             prompt=text if self.config.events.log_prompts else None,
         )
 

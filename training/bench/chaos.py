@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 
 from features.errors import ConfigError
+from router.events.codec import FRAME_KIND
 from router.events.file_sink import event_files
 from training.bench.mock_upstream import install_uvloop
 from training.bench.overhead import HttpError, KeepAliveClient, _cpu_seconds, _wait, free_port
@@ -166,6 +167,8 @@ def _events(directory: Path) -> tuple[set[str], set[str], int]:
                 record = json.loads(raw)
             except ValueError:
                 bad += 1
+                continue
+            if record.get("kind") == FRAME_KIND:  # a compact file's shared decision fields
                 continue
             (decisions if record.get("kind") == "decision" else outcomes).add(record["event_id"])
     return decisions, outcomes, bad

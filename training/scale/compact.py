@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import DatasetError
+from router.events.codec import RecordReader
 from router.events.file_sink import event_files
 from router.events.models import RewardSpecRecord
 from training.scale.layout import (
@@ -64,18 +65,24 @@ def _compact_file(path: str, number: int, root: str) -> dict[str, int]:
         lines.pop()
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in PARQUET_KINDS}
     torn = 0
+    reader = RecordReader()  # format 1 and 2 lines (router.events.codec)
     for number_in_file, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         where = f"{path}:{number_in_file}"
         try:
-            record = json.loads(raw)
+            expanded = reader.expand(json.loads(raw))
+        except DatasetError as exc:
+            raise DatasetError(f"{where}: {exc}") from exc
         except ValueError as exc:
             if number_in_file == len(lines):
                 logger.warning("skipping torn last line of %s", where)
                 torn += 1
                 continue
             raise DatasetError(f"{where}: malformed event line: {exc}") from exc
+        if expanded is None:  # a frame: its decisions carry it
+            continue
+        record = expanded
         kind = RECORD_KINDS.get(record.pop("kind", None))
         if kind is None:
             raise DatasetError(f"{where}: kind: expected one of {sorted(RECORD_KINDS)}")
