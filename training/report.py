@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
 from training import ope_support
-from training.ope_logged import TARGETS, PolicyEvaluation
+from training.ope_result import TARGETS, PolicyEvaluation
 
 _TEMPLATE = "evaluation_report.html.j2"
 _TARGET_TITLES = {
