@@ -49,6 +49,8 @@ from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, RewardSpec
 from training import ope, ope_support
 from training.ope_result import TARGETS, PolicyEvaluation
+from training.ope_rows import fill_tokens, rebuild_actions, scatter, select_rows, traffic_share
+from training.reward_model import RewardModel
 
 __all__ = [
     "BASELINES",
@@ -58,8 +60,6 @@ __all__ = [
     "PolicyEvaluation",
     "evaluate_policies",
 ]
-from training.ope_rows import fill_tokens, rebuild_actions, scatter, select_rows, traffic_share
-from training.reward_model import RewardModel
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ class PolicyEvaluation:
     Attributes
     ----------
     estimates : DataFrame indexed by (policy, estimator, target)
-        Columns ``value, boot_low, boot_high, boot_mean, gauss_low, gauss_high``.
+        Columns ``value``, ``low, high`` (the support-aware interval, :mod:`training.ope_support`),
+        ``support_se``, ``boot_low, boot_high, boot_mean, gauss_low, gauss_high``.
     diagnostics : dict policy -> dict
         ``n, ess, ess_ratio, max_weight, n_weight_above_lambda, action_counts`` (logged
         chosen-model counts), ``target_share`` (mean pmf per model), ``support_deficit`` (mean
@@ -44,6 +45,10 @@ class PolicyEvaluation:
         Each policy's pmf on each evaluated decision (0 on models not eligible there).
     terms : dict (policy, target) -> DataFrame, shape (n, n_estimators)
         Per-round terms (:func:`round_terms`); their column means are the estimates.
+    logging_pmf : ndarray (n, len(models)), the logger's pmf on each evaluated decision;
+        ``q_hat`` and ``sigma2`` per (policy, target): the cross-fitted reward model on every
+        model and its squared error on the logged actions (the support s.e.'s inputs);
+        ``equivalence``: the margin of :func:`training.ope_support.verdict`.
     """
 
     estimates: pd.DataFrame
