@@ -410,6 +410,7 @@ def test_offline_loop_and_its_outputs(tmp_path: Path, monkeypatch: pytest.Monkey
         rounds=2, requests_per_round=400, gate=GateConfig(min_ess=20), n_bootstrap=100, n_test=200
     )
     summary = run_demo(tmp_path / "out", tmp_path / "work", config, offline=True)
+    assert summary["start"] == "prior"
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     assert all(np.isfinite(r["test_reward_candidate"]) for r in summary["rounds"])
     assert len(summary["curve"]) == 7
@@ -423,3 +424,10 @@ def test_offline_loop_and_its_outputs(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(ConfigError, match="refusing to delete"):
         run_demo(tmp_path / "out", tmp_path / "mine", config, offline=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # --cold: the untrained VW start, far below the shipped prior on the same test prompts
+    one = LoopConfig(
+        rounds=1, requests_per_round=400, gate=GateConfig(min_ess=20), n_bootstrap=100, n_test=200
+    )
+    cold = run_demo(tmp_path / "out-cold", tmp_path / "work-cold", one, offline=True, cold=True)
+    assert cold["start"] == "cold start"
+    assert cold["final"]["cold"][0] < summary["final"]["cold"][0] - 0.05
