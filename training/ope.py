@@ -36,7 +36,6 @@ Bandit Dataset and Pipeline", 2021 (OBP).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,147 +43,42 @@ import pandas as pd
 
 from features.errors import ConfigError, DatasetError
 from training import ope_support
+from training.ope_inputs import (
+    LoggedFeedback,
+    as_2d,
+    check_logging_pmf,
+    check_ope_inputs,
+    first_row,
+    importance_weights,
+)
 from training.ope_intervals import bootstrap_means, cressie_read_estimate, cressie_read_interval
 from training.ope_intervals import gaussian_interval as _gaussian
+
+# the inputs' names stay importable from here (``ope.check_ope_inputs`` etc.)
+__all__ = [
+    "COLUMNS",
+    "ESTIMATORS",
+    "MODEL_FREE",
+    "ROUND_TERMS",
+    "LoggedFeedback",
+    "check_ope_inputs",
+    "diagnostics",
+    "dm",
+    "dr",
+    "dros",
+    "estimate_policy_value",
+    "importance_weights",
+    "ipw",
+    "round_terms",
+    "sndr",
+    "snipw",
+    "switch_dr",
+]
 
 ESTIMATORS = ("ipw", "snipw", "dm", "dr", "sndr", "switch_dr", "dros")
 MODEL_FREE = ("ipw", "snipw")
 Array = np.ndarray
 COLUMNS = ("value", "boot_low", "boot_high", "boot_mean", "gauss_low", "gauss_high")
-
-
-@dataclass(frozen=True)
-class LoggedFeedback:
-    """Validated OPE inputs (see :func:`check_ope_inputs`). Arrays have ``n`` rows, ``K``
-    actions; ``estimated_rewards`` has NaNs replaced by 0 where ``action_dist`` is 0."""
-
-    action: np.ndarray  # (n,) int
-    reward: np.ndarray  # (n,) float
-    pscore: np.ndarray  # (n,) float
-    action_dist: np.ndarray  # (n, K)
-    estimated_rewards: np.ndarray | None  # (n, K)
-
-    @property
-    def iw(self) -> np.ndarray:
-        """Importance weights ``w_i = π_e(a_i | x_i) / p_i``, shape (n,)."""
-        return importance_weights(self.action, self.pscore, self.action_dist)
-
-    @property
-    def q_pi(self) -> np.ndarray:
-        """``q̂(x_i, π_e)`` as OBP computes it (``np.average`` weighted by ``π_e``), shape (n,)."""
-        q = self._q()
-        return (q * self.action_dist).sum(axis=1) / self.action_dist.sum(axis=1)
-
-    @property
-    def q_logged(self) -> np.ndarray:
-        """``q̂(x_i, a_i)``, shape (n,)."""
-        return self._q()[np.arange(len(self.action)), self.action]
-
-    def _q(self) -> np.ndarray:
-        if self.estimated_rewards is None:
-            raise DatasetError("estimated_rewards: required by the DM/DR-family estimators")
-        return self.estimated_rewards
-
-
-def _as_2d(name: str, array: Any, n: int | None = None) -> np.ndarray:
-    arr = np.asarray(array, dtype=float)
-    if arr.ndim == 3:
-        if arr.shape[2] != 1:
-            raise DatasetError(
-                f"{name}: expected shape (n, K) or (n, K, 1); got {arr.shape} "
-                "(slate positions beyond one are not supported)"
-            )
-        arr = arr[:, :, 0]
-    if arr.ndim != 2:
-        raise DatasetError(f"{name}: expected shape (n, K) or (n, K, 1); got {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise DatasetError(f"{name}: expected {n} rows (one per logged round); got {arr.shape[0]}")
-    return arr
-
-
-def _first(mask: np.ndarray) -> int:
-    return int(np.flatnonzero(mask)[0])
-
-
-def check_ope_inputs(
-    action: np.ndarray,
-    reward: np.ndarray,
-    pscore: np.ndarray,
-    action_dist: np.ndarray,
-    estimated_rewards: np.ndarray | None = None,
-) -> LoggedFeedback:
-    """Validate OPE inputs (OBP's ``check_ope_inputs`` and a few more checks).
-
-    Raises
-    ------
-    ValueError
-        Naming the argument, what was expected and the first offending row.
-    """
-    pi = _as_2d("action_dist", action_dist)
-    n, k = pi.shape
-    if n == 0:
-        raise DatasetError("action_dist: expected at least one logged round; got 0 rows")
-    a = np.asarray(action)
-    r = np.asarray(reward, dtype=float)
-    p = np.asarray(pscore, dtype=float)
-    for name, arr in (("action", a), ("reward", r), ("pscore", p)):
-        if arr.shape != (n,):
-            raise DatasetError(
-                f"{name}: expected shape ({n},) like action_dist's rows; got {arr.shape}"
-            )
-    if not np.issubdtype(a.dtype, np.integer):
-        raise DatasetError(f"action: expected integer dtype; got {a.dtype}")
-    bad = (a < 0) | (a >= k)
-    if bad.any():
-        i = _first(bad)
-        raise DatasetError(f"action: every entry must be an integer in [0, {k}); row {i} is {a[i]}")
-    if not np.all(np.isfinite(r)):
-        raise DatasetError(
-            f"reward: every entry must be finite; row {_first(~np.isfinite(r))} is not"
-        )
-    bad = ~(p > 0)
-    if bad.any():
-        i = _first(bad)
-        raise DatasetError(f"pscore: every entry must be > 0; row {i} is {p[i]}")
-    bad = ~(p <= 1.0 + 1e-9)
-    if bad.any():
-        i = _first(bad)
-        raise DatasetError(f"pscore: every entry must be a probability <= 1; row {i} is {p[i]}")
-    bad = ~np.isfinite(pi).all(axis=1) | (pi < 0).any(axis=1)
-    if bad.any():
-        raise DatasetError(
-            f"action_dist: entries must be finite and >= 0; row {_first(bad)} is not"
-        )
-    sums = pi.sum(axis=1)
-    bad = ~np.isclose(sums, 1.0)  # np.allclose's tolerances, as OBP
-    if bad.any():
-        i = _first(bad)
-        raise DatasetError(
-            f"action_dist: every row must sum to 1 over the K actions; row {i} sums to {sums[i]}"
-        )
-    q = None
-    if estimated_rewards is not None:
-        q = _as_2d("estimated_rewards", estimated_rewards, n)
-        if q.shape != pi.shape:
-            raise DatasetError(
-                f"estimated_rewards: expected shape {pi.shape} like action_dist; got {q.shape}"
-            )
-        bad = (~np.isfinite(q) & (pi > 0)).any(axis=1)
-        if bad.any():
-            raise DatasetError(
-                "estimated_rewards: must be finite wherever action_dist > 0; "
-                f"row {_first(bad)} is not"
-            )
-        q = np.where(np.isfinite(q), q, 0.0)
-    return LoggedFeedback(a.astype(np.int64), r, p, pi, q)
-
-
-def importance_weights(
-    action: np.ndarray, pscore: np.ndarray, action_dist: np.ndarray
-) -> np.ndarray:
-    """``w_i = π_e(a_i | x_i) / pscore_i``, shape (n,); ``action_dist`` (n, K) or (n, K, 1)."""
-    pi = _as_2d("action_dist", action_dist)
-    return pi[np.arange(len(action)), action] / np.asarray(pscore, dtype=float)
 
 
 # ---- per-round terms (OBP's _estimate_round_rewards) ------------------------------------------
@@ -250,7 +144,7 @@ def _point(name: str, lam: float, *args: Any) -> float:
 
 def dm(action_dist: np.ndarray, estimated_rewards: np.ndarray) -> float:
     """Direct method ``E_n[q̂(x_i, π_e)]``."""
-    pi = _as_2d("action_dist", action_dist)
+    pi = as_2d("action_dist", action_dist)
     n = len(pi)
     return _point("dm", np.inf, np.zeros(n, int), np.zeros(n), np.ones(n), pi, estimated_rewards)
 
@@ -384,7 +278,7 @@ def estimate_policy_value(
             )
         bad = (data.reward < rmin) | (data.reward > rmax)
         if bad.any():
-            i = _first(bad)
+            i = first_row(bad)
             raise DatasetError(
                 f"reward: every entry must lie in reward_range [{rmin}, {rmax}]; "
                 f"row {i} is {data.reward[i]}"
@@ -407,32 +301,12 @@ def estimate_policy_value(
         index=pd.Index(names, name="estimator"),
     )
     if logging_pmf is not None and data.estimated_rewards is not None:
-        mu = _as_2d("logging_pmf", logging_pmf, len(data.action))
-        if mu.shape != data.action_dist.shape:
-            raise DatasetError(
-                f"logging_pmf: expected shape {data.action_dist.shape} like action_dist; "
-                f"got {mu.shape}"
-            )
-        bad = ~np.isclose(mu[np.arange(len(mu)), data.action], data.pscore, rtol=1e-4)
-        if bad.any():
-            i = _first(bad)
-            raise DatasetError(
-                f"logging_pmf: its probability of the logged action must equal pscore; row {i} "
-                f"has {mu[i, data.action[i]]} and pscore {data.pscore[i]}"
-            )
+        mu = check_logging_pmf(logging_pmf, data)
         sigma2 = ope_support.residual_variance(data.reward, data.q_logged)
-        ses, lows, highs = [], [], []
-        for name, row in table.iterrows():
-            # DM, Switch-DR and DRos lean on q̂ where weights are large: DR's support s.e.
-            se_name = str(name) if name in ("ipw", "snipw") else "dr"
-            se = ope_support.support_se(
-                se_name, data.action_dist, mu, data.estimated_rewards, sigma2, row["value"]
-            )
-            lo, hi = ope_support.widen(row["value"], row["boot_low"], row["boot_high"], se, alpha)
-            ses.append(se)
-            lows.append(lo)
-            highs.append(hi)
-        table["support_se"], table["low"], table["high"] = ses, lows, highs
+        support = ope_support.support_columns(
+            table, data.action_dist, mu, data.estimated_rewards, sigma2, alpha
+        )
+        table = pd.concat([table, support], axis=1)
     if reward_range is not None:
         w = data.iw
         lr = cressie_read_interval(w, data.reward, rmin=rmin, rmax=rmax, alpha=alpha)
@@ -455,7 +329,7 @@ def diagnostics(
         with ``w > switch_lambda``, those Switch-DR hands to the reward model); and
         ``action_counts`` (logged action -> count, every action of ``[0, K)``).
     """
-    pi = _as_2d("action_dist", action_dist)
+    pi = as_2d("action_dist", action_dist)
     n, k = pi.shape
     data = check_ope_inputs(action, np.zeros(n), pscore, pi)
     w = data.iw

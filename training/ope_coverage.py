@@ -47,7 +47,6 @@ from training import ope_support
 from training.datasets import RoutingDataset
 from training.evaluation import Reference
 from training.ope import check_ope_inputs, diagnostics, estimate_policy_value, round_terms
-from training.ope_intervals import bootstrap_means
 
 TARGETS = ("softmax", "greedy")
 LOGGING = ("uniform", "epsilon_greedy", "near_greedy")
@@ -308,22 +307,15 @@ def compare(
         round_terms("dr", check_ope_inputs(action, reward, pscore, pi, q_hat))
         for pi in (pi_e, pi_f)
     ]
-    d = terms[0] - terms[1]
-    delta = float(d.mean())
-    means = bootstrap_means(d, config.n_bootstrap, config.seed + run)
-    boot = np.percentile(means, [100 * config.alpha / 2, 100 * (1 - config.alpha / 2)])
     sigma2 = ope_support.residual_variance(reward, q_hat[np.arange(len(rows)), action])
-    se = ope_support.support_se("dr", pi_e - pi_f, mu, q_hat, sigma2, delta)
-    low, high = ope_support.widen(delta, float(boot[0]), float(boot[1]), se, config.alpha)
+    paired = ope_support.paired_interval(
+        terms[0] - terms[1], pi_e - pi_f, mu, q_hat, sigma2, alpha=config.alpha,
+        n_bootstrap=config.n_bootstrap, seed=config.seed + run, equivalence=config.equivalence,
+    )  # fmt: skip
     truth = float(np.mean(np.sum((pi_e - pi_f) * problem.rewards[rows], axis=1)))
     return {
-        "value": delta,
-        "boot_low": float(boot[0]),
-        "boot_high": float(boot[1]),
-        "low": low,
-        "high": high,
-        "support_se": se,
-        "verdict": ope_support.verdict(low, high, config.equivalence),
+        "value": paired.pop("delta"),
+        **paired,
         "v_cond": truth,
         "v_pop": float(np.mean(np.sum((problem.target - problem.fixed) * problem.rewards, axis=1))),
     }

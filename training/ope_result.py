@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from training import ope_support
-from training.ope_intervals import bootstrap_means, gaussian_interval
+from training.ope_intervals import gaussian_interval
 
 #: the outcome columns every policy is valued on
 TARGETS = ("reward", "quality", "cost_usd")
@@ -112,30 +112,23 @@ class PolicyEvaluation:
             baseline, estimator, target
         )
         n = len(d)
-        means = bootstrap_means(d, self.n_bootstrap, self.seed)
         se = float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
         gauss_low, gauss_high = gaussian_interval(d, alpha=self.alpha)
-        delta = float(d.mean())
         specs = [self.diagnostics[p].get("reward_spec") for p in (candidate, baseline)]
-        boot_low = float(np.percentile(means, 100 * self.alpha / 2))
-        boot_high = float(np.percentile(means, 100 * (1 - self.alpha / 2)))
-        support = float("nan")
         q = self.q_hat.get((candidate, target))
-        if self.logging_pmf is not None and q is not None:
-            diff = self.action_dist[candidate] - self.action_dist[baseline]
-            support = ope_support.support_se(
-                estimator if estimator in ("ipw", "snipw") else "dr",
-                diff, self.logging_pmf, q, self.sigma2[(candidate, target)], delta,
-            )  # fmt: skip
-        low, high = ope_support.widen(delta, boot_low, boot_high, support, self.alpha)
         return {
-            "delta": delta,
-            "low": low,
-            "high": high,
-            "boot_low": boot_low,
-            "boot_high": boot_high,
-            "support_se": support,
-            "verdict": ope_support.verdict(low, high, self.equivalence),
+            **ope_support.paired_interval(
+                d,
+                self.action_dist[candidate] - self.action_dist[baseline],
+                self.logging_pmf,
+                q,
+                self.sigma2.get((candidate, target), float("nan")),
+                estimator=estimator,
+                alpha=self.alpha,
+                n_bootstrap=self.n_bootstrap,
+                seed=self.seed,
+                equivalence=self.equivalence,
+            ),
             "se": se,
             "gauss_low": gauss_low,
             "gauss_high": gauss_high,

@@ -44,7 +44,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy import stats
+
+from training.ope_intervals import bootstrap_means
 
 #: the words :func:`verdict` returns
 BETTER, WORSE, SAME, CANNOT_TELL = "better", "worse", "no clear difference", "cannot tell"
@@ -53,17 +56,21 @@ VERDICTS = (BETTER, WORSE, SAME, CANNOT_TELL)
 DEFAULT_EQUIVALENCE = 0.05
 
 
+def _weight_ratios(target: np.ndarray, logging: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``π_e(a|x_i)² / π_b(a|x_i)`` per row and action (0 where ``π_b = 0``), and the rows where
+    ``π_e ≠ 0 = π_b`` (no support at all)."""
+    t, b = np.asarray(target, float), np.asarray(logging, float)
+    ratios = np.where(b > 0, t**2 / np.where(b > 0, b, 1.0), 0.0)
+    return ratios, ((t != 0) & (b <= 0)).any(axis=1)
+
+
 def weight_second_moment(target: np.ndarray, logging: np.ndarray) -> np.ndarray:
     """``m2_i = Σ_a π_e(a|x_i)² / π_b(a|x_i)``, shape (n,); ``inf`` where ``π_e > 0 = π_b``.
 
     ``target`` may be a difference of two pmfs (any sign): its square is what counts.
     """
-    t, b = np.asarray(target, float), np.asarray(logging, float)
-    unsupported = (t != 0) & (b <= 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(b > 0, t**2 / np.where(b > 0, b, 1.0), 0.0)
-    m2 = terms.sum(axis=1)
-    return np.where(unsupported.any(axis=1), np.inf, m2)
+    ratios, unsupported = _weight_ratios(target, logging)
+    return np.where(unsupported, np.inf, ratios.sum(axis=1))
 
 
 def expected_ess(target: np.ndarray, logging: np.ndarray) -> float:
@@ -84,35 +91,85 @@ def support_se(
     name: str,
     target: np.ndarray,
     logging: np.ndarray,
-    q_hat: np.ndarray | None,
+    q_hat: np.ndarray,
     sigma2: float,
     value: float,
 ) -> float:
     """Standard error of estimator ``name``'s mean from the logger's pmf (see the module
-    docstring); ``inf`` without support.
+    docstring); ``inf`` without support. ``ipw``/``snipw`` use IPW's second moment, every
+    other name DR's.
 
     ``target`` is the evaluated pmf (or the difference of two pmfs for a paired comparison),
-    ``q_hat`` the reward model on every action (None: model-free estimators only).
+    ``q_hat`` the reward model on every action.
     """
-    t = np.asarray(target, float)
+    t, q = np.asarray(target, float), np.asarray(q_hat, float)
     n = len(t)
-    m2 = weight_second_moment(t, logging)
-    if name in ("ipw", "snipw"):
-        if q_hat is None:
-            return float("nan")
-        second = np.where(np.asarray(logging) > 0, t**2 / np.where(logging > 0, logging, 1.0), 0.0)
-        moment = float(np.mean((second * (np.asarray(q_hat) ** 2 + sigma2)).sum(axis=1)))
-        if not np.all(np.isfinite(m2)):
-            return float("inf")
-        return float(np.sqrt(max(moment - value**2, 0.0) / n))
-    if q_hat is None:
-        return float("nan")
-    dm_terms = (t * np.asarray(q_hat, float)).sum(axis=1)
-    var = float(np.var(dm_terms, ddof=1)) if n > 1 else 0.0
-    mean_m2 = float(np.mean(m2))
-    if not np.isfinite(mean_m2):
+    ratios, unsupported = _weight_ratios(t, logging)
+    if unsupported.any():
         return float("inf")
-    return float(np.sqrt((var + mean_m2 * sigma2) / n))
+    if name in ("ipw", "snipw"):
+        moment = float(np.mean((ratios * (q**2 + sigma2)).sum(axis=1)))
+        return float(np.sqrt(max(moment - value**2, 0.0) / n))
+    dm_terms = (t * q).sum(axis=1)
+    var = float(np.var(dm_terms, ddof=1)) if n > 1 else 0.0
+    return float(np.sqrt((var + float(np.mean(ratios.sum(axis=1))) * sigma2) / n))
+
+
+def support_columns(
+    table: pd.DataFrame,
+    target: np.ndarray,
+    logging: np.ndarray,
+    q_hat: np.ndarray,
+    sigma2: float,
+    alpha: float,
+) -> pd.DataFrame:
+    """``support_se, low, high`` for each estimator row of ``table`` (columns ``value,
+    boot_low, boot_high``): DM, Switch-DR and DRos lean on q̂ where weights are large, so they
+    get DR's support s.e."""
+    rows = []
+    for name, row in table.iterrows():
+        se = support_se(str(name), target, logging, q_hat, sigma2, float(row["value"]))
+        low, high = widen(row["value"], row["boot_low"], row["boot_high"], se, alpha)
+        rows.append((se, low, high))
+    return pd.DataFrame(rows, index=table.index, columns=["support_se", "low", "high"])
+
+
+def paired_interval(
+    d: np.ndarray,
+    diff_pmf: np.ndarray | None,
+    logging: np.ndarray | None,
+    q_hat: np.ndarray | None,
+    sigma2: float,
+    *,
+    estimator: str = "dr",
+    alpha: float = 0.05,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    equivalence: float = DEFAULT_EQUIVALENCE,
+) -> dict[str, Any]:
+    """``V(candidate) - V(baseline)`` from the per-round differences ``d`` of their terms: the
+    paired percentile bootstrap (OBP's resamples) and, with the logger's pmf, the support-aware
+    interval of ``diff_pmf = π_candidate - π_baseline``, and the verdict.
+
+    Returns ``delta, low, high, boot_low, boot_high, support_se, verdict``.
+    """
+    delta = float(d.mean())
+    means = bootstrap_means(d, n_bootstrap, seed)
+    boot_low = float(np.percentile(means, 100 * alpha / 2))
+    boot_high = float(np.percentile(means, 100 * (1 - alpha / 2)))
+    se = float("nan")
+    if diff_pmf is not None and logging is not None and q_hat is not None:
+        se = support_se(estimator, diff_pmf, logging, q_hat, sigma2, delta)
+    low, high = widen(delta, boot_low, boot_high, se, alpha)
+    return {
+        "delta": delta,
+        "low": low,
+        "high": high,
+        "boot_low": boot_low,
+        "boot_high": boot_high,
+        "support_se": se,
+        "verdict": verdict(low, high, equivalence),
+    }
 
 
 def widen(value: float, low: float, high: float, se: float, alpha: float) -> tuple[float, float]:
