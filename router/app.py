@@ -170,7 +170,12 @@ def build_sink(config: RouterConfig) -> BackgroundEventWriter:
     # of stalling every request in flight. Several workers may share the directory: a file sink
     # only ever writes files it created itself (opened "xb"), so no two processes interleave
     # lines in one file, and readers order events by timestamp at the join.
-    return FileEventSink(config.events.directory, put_timeout_s=0.0)
+    return FileEventSink(
+        config.events.directory,
+        put_timeout_s=0.0,
+        compress=config.events.compress,
+        zstd_level=config.events.zstd_level,
+    )
 
 
 def registry_source(config: RouterConfig, challenger: bool = False) -> BundleSource | None:

@@ -211,6 +211,18 @@ class EventsConfig(_Strict):
     directory: str = ".polyroute/events"
     postgres_dsn_env: str | None = None
     log_prompts: bool = False  # raw prompt text in decision events only when allowed
+    # file sink: compress each finished (rotated) file to .jsonl.zst (router.events.file_sink)
+    compress: Literal["none", "zstd"] = "none"
+    zstd_level: Annotated[int, Field(ge=1, le=22)] = 3
+
+    @model_validator(mode="after")
+    def _compress_needs_files(self) -> EventsConfig:
+        if self.sink != "file" and self.compress != "none":
+            raise ValueError(
+                f"events.compress: {self.compress!r} applies to the file sink only "
+                f"(events.sink is {self.sink!r})"
+            )
+        return self
 
 
 class RegistryConfig(_Strict):

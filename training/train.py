@@ -101,7 +101,7 @@ def load_events(
         if not Path(text).is_dir():
             raise DatasetError(f"--events: {text} is not a directory of event files")
         if not event_files(text):
-            raise DatasetError(f"--events: no event files (events-*.jsonl) in {text}")
+            raise DatasetError(f"--events: no event files (events-*.jsonl[.zst]) in {text}")
         events = read_events(text)
     if since is None:
         yield from events

@@ -27,7 +27,7 @@ import pandas as pd
 from fastapi.testclient import TestClient
 from request_instructions import routed_app  # this directory: same mock upstream and config
 
-from router.events.file_sink import FileEventSink, event_files, read_events
+from router.events.file_sink import FileEventSink, event_files, read_event_bytes, read_events
 
 
 def main() -> None:
@@ -35,12 +35,15 @@ def main() -> None:
     parser.add_argument("n", type=int, help="requests to route")
     parser.add_argument("--bundle", default=".polyroute/bundle")
     parser.add_argument("--config", default="experiments/configs/router.example.yaml")
+    parser.add_argument(
+        "--compress", choices=("none", "zstd"), default="none", help="the sink's compression"
+    )
     args = parser.parse_args()
     prompts = pd.read_parquet(Path("training/data/mmlu_pro_sample/prompts.parquet"))
     texts = prompts.loc[prompts["split"] == "test", "prompt"].tolist()
 
     with tempfile.TemporaryDirectory() as directory:
-        sink = FileEventSink(directory, fsync="never")
+        sink = FileEventSink(directory, fsync="never", compress=args.compress)
         with TestClient(routed_app(args.config, args.bundle, sink)) as client:
             for i in range(args.n):
                 text = texts[i % len(texts)]
@@ -49,8 +52,10 @@ def main() -> None:
         sink.close()
         lines: dict[str, list[int]] = {}
         blob = b""
+        disk = 0
         for path in event_files(directory):
-            data = path.read_bytes()
+            disk += path.stat().st_size
+            data = read_event_bytes(path)
             blob += data
             for line in data.splitlines(keepends=True):
                 kind = json.loads(line)["kind"]
@@ -67,6 +72,8 @@ def main() -> None:
         "bytes_per_decision": round(decision_bytes / decisions, 1),
         "bytes_per_outcome": round(sum(lines["outcome"]) / len(lines["outcome"]), 1),
         "bytes_per_event": round(total / n_events, 1),
+        "compress": args.compress,
+        "on_disk_bytes_per_event": round(disk / n_events, 1),
         "gzip6_bytes_per_event": round(len(gzip.compress(blob, 6)) / n_events, 1),
     }
     try:

@@ -130,7 +130,12 @@ def _run(args: argparse.Namespace) -> int:
         uvicorn.Config(replay_app, host="127.0.0.1", port=args.replay_port, log_level="warning")
     )
     threading.Thread(target=replay.run, daemon=True).start()
-    sink = FileEventSink(config.events.directory, put_timeout_s=0.0)
+    sink = FileEventSink(
+        config.events.directory,
+        put_timeout_s=0.0,
+        compress=config.events.compress,
+        zstd_level=config.events.zstd_level,
+    )
     # a real prompt of the dataset, so the replay answers with its recorded outcome and score
     test_prompts = data.split("test").prompts["prompt"]
     shortest = min((t for t in test_prompts if "'" not in t), key=len)

@@ -9,6 +9,14 @@ reads both. A file is rotated before a write would take it over ``max_bytes``. A
 appends to a file it did not create: after a crash the torn last line of the old file stays
 last, and :func:`read_events` skips it with a warning.
 
+Compressed rotation (``compress="zstd"``, config ``events.compress``): a file the sink has
+finished with (rotated or closed) is compressed by the writer thread, off the request path, to
+``<name>.jsonl.zst`` (zstandard, streaming, level ``zstd_level``), written under a temporary
+name and renamed, and only then is the plain file removed; if compressing fails the plain file
+stays (logged), so nothing accepted is lost. A crash between the rename and the removal leaves
+both; readers take the compressed one. :func:`event_files` lists both kinds in write order and
+:func:`read_event_bytes` opens either.
+
 Durability (what a crash can lose)
 ----------------------------------
 An event accepted by :meth:`FileEventSink.emit` sits in the in-memory queue until the writer
@@ -50,7 +58,9 @@ logger = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "interval", "never"]
 LineFormat = Literal["compact", "json"]
+Compression = Literal["none", "zstd"]
 FILE_GLOB = "events-*.jsonl"
+ZSTD_SUFFIX = ".zst"
 
 
 class FileEventSink(BackgroundEventWriter):
@@ -70,6 +80,11 @@ class FileEventSink(BackgroundEventWriter):
         Period of ``fsync="interval"``.
     format : {"compact", "json"}
         Format 2 (default) or format 1 of :mod:`router.events.codec`.
+    compress : {"none", "zstd"}
+        Compress each finished file to ``.jsonl.zst`` (module docstring).
+    zstd_level : int
+        zstandard's level (1-22; 3, its default, compresses event files about 5-10x at a
+        few hundred MB/s).
     """
 
     def __init__(
@@ -81,7 +96,13 @@ class FileEventSink(BackgroundEventWriter):
         fsync_interval_s: float = 1.0,
         put_timeout_s: float = 0.05,
         format: LineFormat = "compact",
+        compress: Compression = "none",
+        zstd_level: int = 3,
     ) -> None:
+        if compress not in ("none", "zstd"):
+            raise ConfigError(f"compress must be 'none' or 'zstd', got {compress!r}")
+        if not 1 <= zstd_level <= 22:
+            raise ConfigError(f"zstd_level must be in [1, 22], got {zstd_level}")
         if format not in ("compact", "json"):
             raise ConfigError(f"format must be 'compact' or 'json', got {format!r}")
         if fsync not in ("always", "interval", "never"):
@@ -100,9 +121,12 @@ class FileEventSink(BackgroundEventWriter):
         self.fsync = fsync
         self.fsync_interval_s = fsync_interval_s
         self.format = format
+        self.compress = compress
+        self.zstd_level = zstd_level
         self._encoder = CompactEncoder() if format == "compact" else None
         self.directory.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = None
+        self._path: Path | None = None  # the file being written
         self._size = 0
         self._seq = 0
         self._dirty = False
@@ -146,6 +170,7 @@ class FileEventSink(BackgroundEventWriter):
                 self._sync()
             self._file.close()
             self._file = None
+            self._finish(self._path)
 
     def _sync(self) -> None:
         assert self._file is not None
@@ -159,6 +184,7 @@ class FileEventSink(BackgroundEventWriter):
             if self.fsync != "never":
                 self._sync()
             self._file.close()
+            self._finish(self._path)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         while True:
             self._seq += 1
@@ -169,15 +195,70 @@ class FileEventSink(BackgroundEventWriter):
                 break
             except FileExistsError:
                 continue
+        self._path = path
         self._size = 0
         if self._encoder is not None:
             self._encoder.reset()
         self.files_written.append(path)
 
+    def _finish(self, path: Path | None) -> None:
+        """A file the sink is done with: compressed when asked (writer thread)."""
+        if self.compress != "zstd" or path is None:
+            return
+        try:
+            compressed = compress_file(path, self.zstd_level, sync=self.fsync != "never")
+        except OSError:
+            logger.exception("could not compress %s: the plain file is kept", path)
+            return
+        self.files_written[self.files_written.index(path)] = compressed
+
+
+def compress_file(path: Path, level: int = 3, sync: bool = True) -> Path:
+    """``path`` -> ``path.zst`` (zstandard, streaming): written under a temporary name, synced,
+    renamed, then ``path`` removed. Returns the compressed path."""
+    import zstandard  # only a compressing sink needs it
+
+    target = path.with_name(path.name + ZSTD_SUFFIX)
+    partial = path.with_name(path.name + ZSTD_SUFFIX + ".tmp")
+    with open(path, "rb") as src, open(partial, "wb") as dst:
+        zstandard.ZstdCompressor(level=level).copy_stream(src, dst)
+        dst.flush()
+        if sync:
+            os.fsync(dst.fileno())
+    os.replace(partial, target)
+    path.unlink()
+    return target
+
 
 def event_files(directory: str | Path) -> list[Path]:
-    """The event files of ``directory`` in write order."""
-    return sorted(Path(directory).glob(FILE_GLOB))
+    """The event files of ``directory`` (plain and zstd-compressed) in write order; a file
+    present in both forms (a crash between compressing and removing) is listed once, as the
+    compressed one."""
+    root = Path(directory)
+    files = {p.name: p for p in root.glob(FILE_GLOB)}
+    for packed in root.glob(FILE_GLOB + ZSTD_SUFFIX):
+        files[packed.name[: -len(ZSTD_SUFFIX)]] = packed
+    return [files[name] for name in sorted(files)]
+
+
+def read_event_bytes(path: str | Path) -> bytes:
+    """The whole content of an event file, decompressed when it is ``.zst``.
+
+    Raises
+    ------
+    DatasetError
+        A ``.zst`` file that is not valid zstandard data (named)."""
+    path = Path(path)
+    if path.suffix != ZSTD_SUFFIX:
+        return path.read_bytes()
+    import zstandard
+
+    with open(path, "rb") as handle:
+        reader = zstandard.ZstdDecompressor().stream_reader(handle, read_across_frames=True)
+        try:
+            return bytes(reader.readall())
+        except zstandard.ZstdError as exc:
+            raise DatasetError(f"{path}: not a readable zstd file: {exc}") from exc
 
 
 def read_events(directory: str | Path) -> Iterator[Event]:
@@ -194,8 +275,7 @@ def read_events(directory: str | Path) -> Iterator[Event]:
         named by file and line number.
     """
     for path in event_files(directory):
-        with open(path, "rb") as handle:
-            lines = handle.read().split(b"\n")
+        lines = read_event_bytes(path).split(b"\n")
         # a file written completely ends with "\n", so the final split piece is empty
         if lines and lines[-1] == b"":
             lines.pop()

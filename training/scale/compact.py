@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from features.errors import DatasetError
 from router.events.codec import RecordReader
-from router.events.file_sink import event_files
+from router.events.file_sink import event_files, read_event_bytes
 from router.events.models import RewardSpecRecord
 from training.scale.layout import (
     PARQUET_KINDS,
@@ -46,7 +46,7 @@ def compact_events(jsonl_dir: str | Path, out: str | Path) -> dict[str, int]:
     """
     files = event_files(jsonl_dir)
     if not files:
-        raise DatasetError(f"no events found at {jsonl_dir}: expected events-*.jsonl files")
+        raise DatasetError(f"no events found at {jsonl_dir}: expected events-*.jsonl[.zst] files")
     root = Path(out)
     for kind in PARQUET_KINDS:
         (root / kind).mkdir(parents=True, exist_ok=True)
@@ -59,8 +59,7 @@ def compact_events(jsonl_dir: str | Path, out: str | Path) -> dict[str, int]:
 
 
 def _compact_file(path: str, number: int, root: str) -> dict[str, int]:
-    with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
+    lines = read_event_bytes(path).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in PARQUET_KINDS}

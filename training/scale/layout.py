@@ -118,7 +118,7 @@ def locate_events(path: str | Path) -> tuple[str, Path]:
             return "jsonl", directory
     raise DatasetError(
         f"no events found at {base}: expected decisions/*.parquet (Parquet layout) or "
-        "events-*.jsonl files (file sink), directly or under parquet/ or jsonl/"
+        "events-*.jsonl[.zst] files (file sink), directly or under parquet/ or jsonl/"
     )
 
 
