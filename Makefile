@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check router training features tests
 	$(BIN)/lint-imports
 
+# mypy --strict on the packages and the tests (the files of [tool.mypy] in pyproject.toml)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

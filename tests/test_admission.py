@@ -32,6 +32,7 @@ from test_traffic import Upstream, chat, hold, make_config, tenant
 
 from features.errors import OverloadedError
 from router.app import create_app
+from router.bundle import PolicyBundle
 from router.config import AdmissionConfig
 from router.prometheus import GatewayMetrics
 from router.traffic.admission import WINDOW_MIN_SAMPLES, Admission, GradientLimit
@@ -165,7 +166,7 @@ def test_a_standing_queue_refuses_newcomers_at_once() -> None:
 
 
 # ---- through the gateway ---------------------------------------------------------------------
-def test_a_request_queued_past_its_bound_gets_503_retry_after(bundle) -> None:
+def test_a_request_queued_past_its_bound_gets_503_retry_after(bundle: PolicyBundle) -> None:
     config = make_config([], max_in_flight=1, admission={"queue_wait_ms": 30})
     upstream = Upstream()
     app = create_app(config, bundle, ListSink(), transport=httpx.MockTransport(upstream))
@@ -194,7 +195,7 @@ def test_a_request_queued_past_its_bound_gets_503_retry_after(bundle) -> None:
     assert len(upstream.calls) == 1  # the refused request never reached an upstream
 
 
-def test_a_saturated_worker_refuses_before_parsing(bundle) -> None:
+def test_a_saturated_worker_refuses_before_parsing(bundle: PolicyBundle) -> None:
     config = make_config([], max_in_flight=1, admission={"queue_wait_ms": 0})
     upstream = Upstream()
     app = create_app(config, bundle, ListSink(), transport=httpx.MockTransport(upstream))
@@ -207,7 +208,7 @@ def test_a_saturated_worker_refuses_before_parsing(bundle) -> None:
     assert hold(app, upstream, [], [broken])[1][0].status_code == 400  # with room: parsed
 
 
-def test_high_priority_is_admitted_before_low(bundle) -> None:
+def test_high_priority_is_admitted_before_low(bundle: PolicyBundle) -> None:
     config = make_config(
         [tenant("low", priority=4), tenant("high", priority=9)],
         max_in_flight=1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -41,7 +42,7 @@ def slice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def run(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
     work = tmp_path_factory.mktemp("bench")
     code = main(
         [
@@ -61,7 +62,7 @@ def run(slice_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict
 
 
 @pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
-def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
+def test_json_has_the_documented_keys(run: tuple[dict[str, Any], Path]) -> None:
     result, _ = run
     for key in ("dataset", "n_test", "best_single", "oracle", "routers", "c_lo", "c_hi"):
         assert key in result
@@ -80,7 +81,7 @@ def test_json_has_the_documented_keys(run: tuple[dict, Path]) -> None:
 
 
 @pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
-def test_aiq_is_recomputable_from_the_json(run: tuple[dict, Path]) -> None:
+def test_aiq_is_recomputable_from_the_json(run: tuple[dict[str, Any], Path]) -> None:
     result, _ = run
     for entry in [*result["routers"].values(), result["oracle"]]:
         curve = [tuple(p) for p in entry["curve"]]
@@ -88,7 +89,7 @@ def test_aiq_is_recomputable_from_the_json(run: tuple[dict, Path]) -> None:
 
 
 @pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
-def test_results_are_ordered_as_expected(run: tuple[dict, Path]) -> None:
+def test_results_are_ordered_as_expected(run: tuple[dict[str, Any], Path]) -> None:
     result, _ = run
     routers = result["routers"]
     assert result["oracle"]["aiq"] > routers["direct"]["aiq"] > routers["random"]["aiq"]
@@ -97,7 +98,7 @@ def test_results_are_ordered_as_expected(run: tuple[dict, Path]) -> None:
 
 
 @pytest.mark.slow  # the whole benchmark on a slice: a minute of CPU
-def test_plots_and_mlflow_run_are_written(run: tuple[dict, Path]) -> None:
+def test_plots_and_mlflow_run_are_written(run: tuple[dict[str, Any], Path]) -> None:
     import mlflow
 
     result, work = run
@@ -132,7 +133,9 @@ def test_bench_features_reports_percentiles(
     assert 0 < row["p50_us"] <= row["p95_us"] <= row["p99_us"] <= row["max_us"]
 
 
-def test_bundle_command_writes_a_loadable_bundle(slice_dir: Path, tmp_path: Path, capsys) -> None:
+def test_bundle_command_writes_a_loadable_bundle(
+    slice_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from router.bundle import PolicyBundle
 
     assert main(["bundle", "--dataset", str(slice_dir), "--out", str(tmp_path / "b")]) == 0

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from fakes import ListSink
 from fastapi.testclient import TestClient
-from test_gateway import FakeUpstream, ListSink, ask
+from test_gateway import FakeUpstream, ask
 from test_reload import DictSource, variant
 
 from features.errors import ConfigError
@@ -51,12 +52,18 @@ def simulate(
     return None
 
 
+def state_of(canary: CanaryController) -> str:
+    """The canary's state, read afresh (mypy keeps ``canary.state`` narrowed by an earlier
+    assert across the method calls that change it)."""
+    return canary.state
+
+
 def running(share: float = 0.5, seed: int = 0, **extra: Any) -> CanaryController:
     config = CanaryConfig(
         share=share, seed=seed, min_requests=extra.pop("min_requests", 100), **extra
     )
     canary = CanaryController(config, GatewayMetrics())
-    canary.set_challenger(fake_engine("bundle-challenger"), "7")  # type: ignore[arg-type]
+    canary.set_challenger(fake_engine("bundle-challenger"), "7")
     return canary
 
 
@@ -136,7 +143,7 @@ def test_cost_counts_in_the_reward() -> None:
     """Same quality, but the challenger's answers cost a whole quality point more."""
     config = CanaryConfig(share=0.5, min_requests=100)
     canary = CanaryController(config, None, lambda: RewardSpec(w_cost=1.0, cost_scale=0.01))
-    canary.set_challenger(fake_engine("b"), "2")  # type: ignore[arg-type]
+    canary.set_challenger(fake_engine("b"), "2")
     stopped_at = simulate(
         canary,
         5_000,
@@ -187,10 +194,10 @@ def test_tolerances_allow_a_slightly_worse_challenger() -> None:
 def test_a_stopped_bundle_stays_stopped_and_a_new_one_restarts() -> None:
     canary = running(share=0.5, min_requests=50)
     assert simulate(canary, 5_000, 0, {"champion": 0.8, "challenger": 0.2}) is not None
-    canary.set_challenger(fake_engine("bundle-challenger"), "7")  # type: ignore[arg-type]
+    canary.set_challenger(fake_engine("bundle-challenger"), "7")
     assert canary.state == "stopped"
-    canary.set_challenger(fake_engine("bundle-next"), "8")  # type: ignore[arg-type]
-    assert canary.state == "running" and canary.share == 0.5
+    canary.set_challenger(fake_engine("bundle-next"), "8")
+    assert state_of(canary) == "running" and canary.share == 0.5
     assert canary.status()["arms"]["challenger"]["requests"] == 0
 
 
@@ -211,7 +218,7 @@ def bundles(bundle: PolicyBundle) -> dict[str, Any]:
     return {"1": bundle, "2": variant(bundle, "uniform")}
 
 
-def test_canary_end_to_end(config, bundles) -> None:
+def test_canary_end_to_end(config: RouterConfig, bundles: dict[str, Any]) -> None:
     sink = ListSink()
     champion, challenger = DictSource(bundles, "1"), DictSource(bundles, "2")
     app = create_app(
@@ -256,7 +263,7 @@ def test_canary_end_to_end(config, bundles) -> None:
         assert f'polyroute_policy_info{{arm="challenger",version="{v2}"}} 0.0' in metrics
 
 
-def test_canary_needs_its_config(config, bundles) -> None:
+def test_canary_needs_its_config(config: RouterConfig, bundles: dict[str, Any]) -> None:
     plain = config.model_copy(update={"policy": None})
     transport = httpx.MockTransport(FakeUpstream())
     with pytest.raises(ConfigError, match=r"policy\.canary"):
@@ -276,12 +283,12 @@ def test_a_challenger_that_is_the_champion_gets_no_traffic() -> None:
     assert canary.state == "running"
     # @challenger was promoted: the champion's bundle is now the challenger's
     canary.set_champion_version("bundle-challenger")
-    assert canary.state == "waiting" and canary.share == 0.0
+    assert state_of(canary) == "waiting" and canary.share == 0.0
     assert {canary.choose() for _ in range(100)} == {"champion"}
     assert "is the champion" in (canary.reason or "")
     # and a challenger installed while it already is the champion never starts
     canary.set_challenger(fake_engine("bundle-challenger"), "8")
-    assert canary.state == "waiting" and canary.share == 0.0
+    assert state_of(canary) == "waiting" and canary.share == 0.0
 
 
 def test_a_challenger_gone_from_the_registry_is_cleared() -> None:

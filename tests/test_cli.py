@@ -4,6 +4,7 @@ default; and the error tree's one HTTP status table."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,7 +13,9 @@ from router.cli import build_parser, main
 from router.http.errors import STATUS, status_of
 
 
-def _parsers(parser: argparse.ArgumentParser, path: str = "polyroute"):
+def _parsers(
+    parser: argparse.ArgumentParser, path: str = "polyroute"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     yield path, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -20,7 +23,7 @@ def _parsers(parser: argparse.ArgumentParser, path: str = "polyroute"):
                 yield from _parsers(child, f"{path} {name}")
 
 
-def test_version(capsys) -> None:
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0

@@ -169,7 +169,7 @@ def test_policy_section_defaults_and_the_documented_example(tmp_path: Path) -> N
     assert policy.canary.alias == "challenger" and policy.canary.share == 0.1
 
 
-def test_decision_key_is_kept_beside_the_events(tmp_path) -> None:
+def test_decision_key_is_kept_beside_the_events(tmp_path: Path) -> None:
     """Feedback for decisions served before a restart must still verify: the key persists."""
     import stat
 

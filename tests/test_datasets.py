@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -246,7 +247,7 @@ def test_split_and_subset(small: RoutingDataset) -> None:
     by_index = small.subset(np.array([2, 0]))
     assert by_index.prompts["prompt_id"].tolist() == ["p3", "p1"]
     np.testing.assert_array_equal(by_index.cost, small.cost[[2, 0]])
-    assert by_index.responses is not None
+    assert by_index.responses is not None and small.responses is not None
     np.testing.assert_array_equal(by_index.responses, small.responses[[2, 0]])
     by_mask = small.subset(np.array([False, True, False]))
     assert by_mask.prompts["prompt_id"].tolist() == ["p2"]
@@ -263,9 +264,9 @@ def _drop_file(name: str) -> Callable[[Path], None]:
     return lambda d: (d / name).unlink()
 
 
-def _set(frame: str, row: int, column: str, value: object) -> Callable[[Path], None]:
+def _set(frame: str, row: int, column: str, value: Any) -> Callable[[Path], None]:
     def mutate(d: Path) -> None:
-        readers = {
+        readers: dict[str, tuple[Callable[[Path], pd.DataFrame], Callable[..., object], str]] = {
             "prompts": (pd.read_parquet, lambda f, p: f.to_parquet(p), "prompts.parquet"),
             "outcomes": (pd.read_parquet, lambda f, p: f.to_parquet(p), "outcomes.parquet"),
             "models": (pd.read_csv, lambda f, p: f.to_csv(p, index=False), "models.csv"),
@@ -297,7 +298,8 @@ def _str_scores(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _append_row(table: pd.DataFrame, **values: object) -> pd.DataFrame:
-    return pd.concat([table, pd.DataFrame([{**table.iloc[0].to_dict(), **values}])])
+    row: dict[Any, object] = {**table.iloc[0].to_dict(), **values}
+    return pd.concat([table, pd.DataFrame([row])])
 
 
 INVALID = [

@@ -10,6 +10,7 @@ requests is known too, and the estimates can be checked against it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,8 @@ class SimulatedLog:
         reward = self.spec.reward(
             d.quality[np.ix_(rows, cols)], d.cost[np.ix_(rows, cols)], d.latency[np.ix_(rows, cols)]
         )
-        return np.nan_to_num(reward, nan=0.0)
+        filled: np.ndarray = np.nan_to_num(reward, nan=0.0)
+        return filled
 
     def true_value(self, evaluation: PolicyEvaluation, policy: str) -> float:
         return float((evaluation.action_dist[policy] * self.true_rewards(evaluation)).sum(1).mean())
@@ -227,17 +229,22 @@ def test_estimates_cover_every_policy_estimator_and_target(evaluation: PolicyEva
             assert mean == pytest.approx(evaluation.estimates.loc[(policy, e, "reward"), "value"])
 
 
+def cell(table: pd.DataFrame, row: str | tuple[str, ...], column: str = "value") -> float:
+    """``table.loc[row, column]``, a number (pandas-stubs type a cell as any scalar)."""
+    return cast(float, table.loc[row, column])
+
+
 # ---- (b) a better policy is estimated above uniform -------------------------------------------
 def test_oracle_policy_beats_uniform_and_true_values_are_covered(
     simulated: SimulatedLog, evaluation: PolicyEvaluation
 ) -> None:
     table = evaluation.table("reward")
     for e in ("ipw", "snipw", "dr"):
-        assert table.loc[("oracle", e), "value"] > table.loc[("uniform", e), "value"] + 0.05
+        assert cell(table, ("oracle", e)) > cell(table, ("uniform", e)) + 0.05
     for policy in ("oracle", "direct", "uniform"):
         truth = simulated.true_value(evaluation, policy)
-        row = table.loc[(policy, "dr")]
-        assert abs(row["value"] - truth) < 0.05, (policy, row["value"], truth)
+        value = cell(table, (policy, "dr"))
+        assert abs(value - truth) < 0.05, (policy, value, truth)
     diag = evaluation.diagnostics["oracle"]
     assert 0 < diag["ess"] <= evaluation.n and diag["warnings"] == []
     assert sum(diag["action_counts"].values()) == evaluation.n
@@ -280,20 +287,15 @@ def test_improvement_interval_contains_the_true_difference(
             assert imp["gauss_low"] <= truth <= imp["gauss_high"]
             assert imp["se"] > 0 and imp["same_reward_spec"]
             table = evaluation.table("reward")
-            expected = (
-                table.loc[(candidate, estimator), "value"]
-                - table.loc[(baseline, estimator), "value"]
-            )
+            expected = cell(table, (candidate, estimator)) - cell(table, (baseline, estimator))
             assert imp["delta"] == pytest.approx(expected)
     # pairing: the paired interval is narrower than the two marginal intervals combined
     imp = evaluation.improvement("oracle", "direct", estimator="dr")
     table = evaluation.table("reward")
-    marginal = np.hypot(
-        *(
-            table.loc[(p, "dr"), "gauss_high"] - table.loc[(p, "dr"), "value"]
-            for p in ("oracle", "direct")
-        )
+    oracle, direct = (
+        cell(table, (p, "dr"), "gauss_high") - cell(table, (p, "dr")) for p in ("oracle", "direct")
     )
+    marginal = np.hypot(oracle, direct)
     assert imp["gauss_high"] - imp["delta"] < marginal
 
 
@@ -473,7 +475,7 @@ def test_a_fixed_model_baseline_is_valued_against_the_truth(simulated: Simulated
     eligible = np.array([top in names for names in joined["eligible_models"]])
     assert np.all(dist[eligible, column] == 1.0)  # always it, where it may serve
     truth = simulated.true_value(result, name)
-    assert abs(result.table("reward").loc[(name, "dr"), "value"] - truth) < 0.05
+    assert abs(cell(result.table("reward"), (name, "dr")) - truth) < 0.05
     with pytest.raises(PolicyError, match="baselines: unknown"):
         evaluate_policies(joined, {}, baselines=("always",))
 

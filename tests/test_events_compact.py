@@ -35,7 +35,8 @@ F32_COLUMNS = ("probabilities", "context_features")
 
 
 def _f32(values: list[float]) -> list[float]:
-    return np.asarray(values, dtype=np.float32).astype(float).tolist()
+    rounded: list[float] = np.asarray(values, dtype=np.float32).astype(float).tolist()
+    return rounded
 
 
 def _log(n: int = 60, seed: int = 7) -> list[Emitted]:

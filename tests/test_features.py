@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -40,7 +43,9 @@ def test_unknown_words_and_empty_text_give_zero_embedding(small: RoutingDataset)
         assert np.all(np.isfinite(row))
 
 
-def test_save_load_round_trip_keeps_version_and_output(tmp_path, small: RoutingDataset) -> None:
+def test_save_load_round_trip_keeps_version_and_output(
+    tmp_path: Path, small: RoutingDataset
+) -> None:
     texts = small.prompts["prompt"].tolist()[:200]
     featurizer = RequestFeaturizer(FeaturizerConfig(n_components=8)).fit(texts)
     featurizer.save(tmp_path / "f")
@@ -51,7 +56,7 @@ def test_save_load_round_trip_keeps_version_and_output(tmp_path, small: RoutingD
     assert other.version_ != featurizer.version_
 
 
-def test_altered_files_are_refused(tmp_path, small: RoutingDataset) -> None:
+def test_altered_files_are_refused(tmp_path: Path, small: RoutingDataset) -> None:
     featurizer = RequestFeaturizer(FeaturizerConfig(n_components=8)).fit(
         small.prompts["prompt"].tolist()[:100]
     )
@@ -83,7 +88,9 @@ def test_invalid_config(kwargs: dict[str, int], match: str) -> None:
 
 
 def test_signals_see_code_maths_script_and_options() -> None:
-    named = lambda text, **kw: dict(zip(SIGNAL_NAMES, compute_signals(text, **kw), strict=True))  # noqa: E731
+    def named(text: str, **kw: Any) -> dict[str, float]:
+        return dict(zip(SIGNAL_NAMES, compute_signals(text, **kw), strict=True))
+
     code = named("def f(x):\n    return x + 1\n")
     prose = named("Tell me about the history of Rome.")
     assert code["code_markers"] > prose["code_markers"] == 0

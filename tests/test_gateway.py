@@ -20,8 +20,10 @@ from loopback import serving
 
 from features.errors import EventLogFullError
 from router.app import create_app
+from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
-from router.events.models import Event
+from router.events.models import Emitted
+from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 
@@ -46,7 +48,7 @@ class FakeUpstream:
             return httpx.Response(503, json={"error": {"message": "down"}})
         text = f"answer from {model}"
         if body.get("stream"):
-            chunks = [
+            chunks: list[dict[str, Any]] = [
                 {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]},
                 {"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]},
                 {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
@@ -85,7 +87,9 @@ def sink() -> ListSink:
 
 
 @pytest.fixture()
-def client(config, bundle, sink, upstream) -> Iterator[TestClient]:
+def client(
+    config: RouterConfig, bundle: PolicyBundle, sink: ListSink, upstream: FakeUpstream
+) -> Iterator[TestClient]:
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
     with TestClient(app) as c:
         yield c
@@ -93,10 +97,11 @@ def client(config, bundle, sink, upstream) -> Iterator[TestClient]:
 
 def ask(client: TestClient, **extra: Any) -> httpx.Response:
     body = {"model": "auto", "messages": [{"role": "user", "content": "What is 2 + 2?"}], **extra}
-    return client.post("/v1/chat/completions", json=body)
+    response: httpx.Response = client.post("/v1/chat/completions", json=body)
+    return response
 
 
-def test_routed_answer_with_headers_and_events(client, sink) -> None:
+def test_routed_answer_with_headers_and_events(client: TestClient, sink: ListSink) -> None:
     response = ask(client)
     assert response.status_code == 200, response.text
     chosen = response.headers["x-polyroute-model"]
@@ -115,7 +120,9 @@ def test_routed_answer_with_headers_and_events(client, sink) -> None:
     assert outcome["input_tokens"] == 100 and outcome["error_class"] is None
 
 
-def test_concrete_model_passes_through(client, sink, upstream) -> None:
+def test_concrete_model_passes_through(
+    client: TestClient, sink: ListSink, upstream: FakeUpstream
+) -> None:
     response = ask(client, model="gemini-1.5-flash-002")
     assert response.headers["x-polyroute-model"] == "gemini-1.5-flash-002"
     assert upstream.calls == ["gemini-1.5-flash-002"]
@@ -124,14 +131,16 @@ def test_concrete_model_passes_through(client, sink, upstream) -> None:
     assert decision["chosen_probability"] == 1.0 and decision["learnable"] is False
 
 
-def test_pass_through_still_obeys_compliance(client, sink) -> None:
+def test_pass_through_still_obeys_compliance(client: TestClient, sink: ListSink) -> None:
     response = ask(client, model="Meta-Llama-3_1-8B", metadata={"data_class": "phi"})
     assert response.status_code == 422
     assert "data class 'phi'" in response.json()["error"]["message"]
     assert sink.of("decision") == []
 
 
-def test_fallback_when_the_chosen_model_is_down(client, sink, upstream, config) -> None:
+def test_fallback_when_the_chosen_model_is_down(
+    client: TestClient, sink: ListSink, upstream: FakeUpstream, config: RouterConfig
+) -> None:
     upstream.down = {m.name for m in config.models} - set(config.fallback[:1])
     response = ask(client)
     assert response.status_code == 200
@@ -140,7 +149,9 @@ def test_fallback_when_the_chosen_model_is_down(client, sink, upstream, config) 
     assert sink.of("outcome")[-1]["fallback_used"] == (chosen_first != config.fallback[0])
 
 
-def test_all_upstreams_down_is_a_502_and_is_logged(client, sink, upstream, config) -> None:
+def test_all_upstreams_down_is_a_502_and_is_logged(
+    client: TestClient, sink: ListSink, upstream: FakeUpstream, config: RouterConfig
+) -> None:
     upstream.down = {m.name for m in config.models}
     response = ask(client)
     assert response.status_code == 502
@@ -181,7 +192,9 @@ def test_all_upstreams_down_is_a_502_and_is_logged(client, sink, upstream, confi
         ),
     ],
 )
-def test_bad_requests_get_clear_errors(client, sink, payload, status, match) -> None:
+def test_bad_requests_get_clear_errors(
+    client: TestClient, sink: ListSink, payload: bytes, status: int, match: str
+) -> None:
     ask(client)  # something already logged ...
     before = list(sink.events)
     response = client.post("/v1/chat/completions", content=payload,
@@ -193,13 +206,13 @@ def test_bad_requests_get_clear_errors(client, sink, payload, status, match) -> 
     assert sink.events == before  # ... is still there, and nothing half-logged was added
 
 
-def test_oversized_body_is_refused(client) -> None:
+def test_oversized_body_is_refused(client: TestClient) -> None:
     big = {"model": "auto", "messages": [{"role": "user", "content": "x" * 1_100_000}]}
     response = client.post("/v1/chat/completions", json=big)
     assert response.status_code == 413
 
 
-def test_feedback_rules(client, sink) -> None:
+def test_feedback_rules(client: TestClient, sink: ListSink) -> None:
     decision_id = ask(client).headers["x-polyroute-decision-id"]
     ok = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.8})
     assert ok.status_code == 200 and ok.json()["n_feedback"] == 1
@@ -213,7 +226,7 @@ def test_feedback_rules(client, sink) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "quality"
 
 
-def test_models_health_metrics(client) -> None:
+def test_models_health_metrics(client: TestClient) -> None:
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert "auto" in ids and "gemini-1.5-pro-002" in ids and "budget" in ids
     assert client.get("/healthz").json() == {"status": "ok"}
@@ -223,7 +236,7 @@ def test_models_health_metrics(client) -> None:
     assert "polyroute_router_overhead_seconds_bucket" in text
 
 
-def test_tenant_auth(bundle, sink, upstream) -> None:
+def test_tenant_auth(bundle: PolicyBundle, sink: ListSink, upstream: FakeUpstream) -> None:
     app = create_app(load_config(EXAMPLE), bundle, sink, transport=httpx.MockTransport(upstream))
     with TestClient(app) as c:
         assert ask(c).status_code == 401
@@ -236,12 +249,16 @@ def test_tenant_auth(bundle, sink, upstream) -> None:
 
 
 @pytest.fixture()
-def server(config, bundle, sink, upstream) -> Iterator[str]:
+def server(
+    config: RouterConfig, bundle: PolicyBundle, sink: ListSink, upstream: FakeUpstream
+) -> Iterator[str]:
     with serving(create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))) as url:
         yield url
 
 
-def test_openai_sdk_sync_async_and_streaming(server, sink, config) -> None:
+def test_openai_sdk_sync_async_and_streaming(
+    server: str, sink: ListSink, config: RouterConfig
+) -> None:
     client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": "Name a prime number."}]
@@ -288,13 +305,15 @@ class RefusingSink(ListSink):
         super().__init__()
         self.refuse = refuse
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Emitted) -> None:
         if event.kind in self.refuse:
             raise EventLogFullError("event log queue full")
         super().emit(event)
 
 
-def test_a_decision_the_log_refuses_is_not_served(config, bundle, upstream) -> None:
+def test_a_decision_the_log_refuses_is_not_served(
+    config: RouterConfig, bundle: PolicyBundle, upstream: FakeUpstream
+) -> None:
     sink = RefusingSink({"decision"})
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
     with TestClient(app) as c:
@@ -303,7 +322,9 @@ def test_a_decision_the_log_refuses_is_not_served(config, bundle, upstream) -> N
         assert upstream.calls == []  # never sent upstream: nothing served unlogged
 
 
-def test_an_outcome_the_log_refuses_does_not_fail_the_answer(config, bundle, upstream) -> None:
+def test_an_outcome_the_log_refuses_does_not_fail_the_answer(
+    config: RouterConfig, bundle: PolicyBundle, upstream: FakeUpstream
+) -> None:
     sink = RefusingSink({"outcome"})
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
     with TestClient(app) as c:
@@ -319,7 +340,9 @@ def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_stream_usage_relayed_when_the_caller_asks(server, sink, upstream) -> None:
+def test_stream_usage_relayed_when_the_caller_asks(
+    server: str, sink: ListSink, upstream: FakeUpstream
+) -> None:
     client = openai.OpenAI(base_url=server, api_key="unused", max_retries=0)
     chunks = list(
         client.chat.completions.create(
@@ -336,7 +359,7 @@ def test_stream_usage_relayed_when_the_caller_asks(server, sink, upstream) -> No
     assert sink.of("outcome")[0]["output_tokens"] == 10
 
 
-def test_stream_options_are_merged_and_checked(client, upstream) -> None:
+def test_stream_options_are_merged_and_checked(client: TestClient, upstream: FakeUpstream) -> None:
     body = {"stream": True, "stream_options": {"include_usage": False, "x_vendor": 1}}
     with client.stream(
         "POST",
@@ -350,7 +373,9 @@ def test_stream_options_are_merged_and_checked(client, upstream) -> None:
     assert ask(client, stream="yes").status_code == 400
 
 
-def test_stream_without_upstream_usage_is_estimated(client, sink, upstream, config) -> None:
+def test_stream_without_upstream_usage_is_estimated(
+    client: TestClient, sink: ListSink, upstream: FakeUpstream, config: RouterConfig
+) -> None:
     upstream.stream_usage = False  # an upstream that ignores stream_options
     with client.stream(
         "POST",
@@ -389,7 +414,9 @@ class SlowStream(httpx.AsyncByteStream):
         self.closed = True
 
 
-def test_client_disconnect_closes_upstream_and_logs_outcome(config, bundle, sink) -> None:
+def test_client_disconnect_closes_upstream_and_logs_outcome(
+    config: RouterConfig, bundle: PolicyBundle, sink: ListSink
+) -> None:
     streams: list[SlowStream] = []
 
     def slow(request: httpx.Request) -> httpx.Response:
@@ -454,7 +481,9 @@ class ProcessLog:
         self._reader.join(timeout=10)
 
 
-def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
+def test_serve_with_two_workers(
+    tmp_path: Path, config: RouterConfig, bundle: PolicyBundle, small: RoutingDataset
+) -> None:
     """``polyroute serve --workers 2`` as a real process: routed answers, health, feedback
     accepted by whichever worker gets it, one event file per worker (never shared)."""
     import os
@@ -540,7 +569,9 @@ def test_serve_with_two_workers(tmp_path, config, bundle, small) -> None:
     assert event_files(tmp_path / "events")  # one file per worker that wrote (never shared)
 
 
-def test_feedback_reaches_a_sibling_worker(config, bundle, upstream) -> None:
+def test_feedback_reaches_a_sibling_worker(
+    config: RouterConfig, bundle: PolicyBundle, upstream: FakeUpstream
+) -> None:
     """Decision ids are signed with the workers' shared key: a worker that did not serve the
     decision still accepts its feedback; one with another key does not."""
     key = bytes(range(32))
@@ -573,7 +604,9 @@ class BrokenStream(httpx.AsyncByteStream):
         raise httpx.ReadError("connection reset by peer")
 
 
-def test_upstream_breaking_off_mid_stream_is_told_and_logged(config, bundle, sink) -> None:
+def test_upstream_breaking_off_mid_stream_is_told_and_logged(
+    config: RouterConfig, bundle: PolicyBundle, sink: ListSink
+) -> None:
     def broken(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, stream=BrokenStream(),
                               headers={"content-type": "text/event-stream"})  # fmt: skip
@@ -610,7 +643,9 @@ def test_sse_reader_reassembles_events_and_strips_the_usage_chunk() -> None:
         assert (b'"completion_tokens"' in out) is not strip
 
 
-def test_requests_over_max_in_flight_get_503_and_are_not_logged(config, bundle) -> None:
+def test_requests_over_max_in_flight_get_503_and_are_not_logged(
+    config: RouterConfig, bundle: PolicyBundle
+) -> None:
     """Admission control: the third concurrent request of a gateway capped at two is refused at
     once (503, Retry-After) without a decision event; the two in flight are served."""
     import asyncio

@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import ListSink
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_gateway import EXAMPLE, FakeUpstream, ListSink
+from test_gateway import EXAMPLE, FakeUpstream
 
 from router.app import create_app
+from router.bundle import PolicyBundle
 from router.config import RouterConfig, load_config
 from router.http.request import MAX_DEPTH
 
@@ -45,7 +47,9 @@ def upstream() -> FakeUpstream:
 
 
 @pytest.fixture(scope="module")
-def client(config, bundle, sink, upstream) -> Iterator[TestClient]:
+def client(
+    config: RouterConfig, bundle: PolicyBundle, sink: ListSink, upstream: FakeUpstream
+) -> Iterator[TestClient]:
     """One app for the module (the fuzz sends hundreds of requests); events accumulate."""
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -54,9 +58,10 @@ def client(config, bundle, sink, upstream) -> Iterator[TestClient]:
 
 def post(client: TestClient, raw: bytes | str, path: str = CHAT, **headers: str) -> httpx.Response:
     content = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    return client.post(
+    response: httpx.Response = client.post(
         path, content=content, headers={"content-type": "application/json", **headers}
     )
+    return response
 
 
 def chat(**fields: str) -> str:
@@ -76,7 +81,7 @@ def check_error(response: httpx.Response, status: int, param: str | None) -> dic
     """``response`` is ``status`` with OpenAI's error body naming ``param``."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param, error
     assert isinstance(error["message"], str) and error["message"]
@@ -116,26 +121,28 @@ def check_error(response: httpx.Response, status: int, param: str | None) -> dic
         ({"tools": '[{"x": [1, 2, NaN]}]'}, "tools.0.x.2"),
     ],
 )
-def test_unencodable_values_are_refused_naming_the_path(client, sink, fields, param) -> None:
+def test_unencodable_values_are_refused_naming_the_path(
+    client: TestClient, sink: ListSink, fields: dict[str, str], param: str
+) -> None:
     before = len(sink.events)
     error = check_error(post(client, chat(**fields)), 400, param)
     assert error["type"] == "invalid_request_error" and error["message"].startswith(param)
     assert len(sink.events) == before  # refused before anything was decided or logged
 
 
-def test_utf8_encoded_lone_surrogate_bytes_are_refused(client) -> None:
+def test_utf8_encoded_lone_surrogate_bytes_are_refused(client: TestClient) -> None:
     # not an escape: the surrogate's own (invalid) UTF-8 bytes, which Python's parser accepts
     raw = b'{"model": "auto", "messages": [{"role": "user", "content": "hi \xed\xa0\x80"}]}'
     check_error(post(client, raw), 400, "messages.0.content")
 
 
-def test_paired_surrogate_escapes_are_text(client, upstream) -> None:
+def test_paired_surrogate_escapes_are_text(client: TestClient, upstream: FakeUpstream) -> None:
     response = post(client, chat(messages=r'[{"role": "user", "content": "\ud83d\ude00"}]'))
     assert response.status_code == 200, response.text
     assert upstream.bodies[-1]["messages"][0]["content"] == "\U0001f600"
 
 
-def test_nesting_is_bounded(client, upstream) -> None:
+def test_nesting_is_bounded(client: TestClient, upstream: FakeUpstream) -> None:
     deep = "[" * 100_000 + "]" * 100_000
     check_error(post(client, chat(x=deep)), 400, None)
     # the body is level 1: "x" may hold MAX_DEPTH - 1 levels, and one more is refused
@@ -200,13 +207,17 @@ def test_nesting_is_bounded(client, upstream) -> None:
         ),
     ],
 )
-def test_every_refusal_has_the_openai_shape(client, raw, status, kind, param) -> None:
+def test_every_refusal_has_the_openai_shape(
+    client: TestClient, raw: bytes, status: int, kind: str, param: str
+) -> None:
     error = check_error(post(client, raw), status, param)
     assert error["type"] == kind
     assert "[" not in (error["param"] or "")  # dotted paths only: messages.0, not messages[0]
 
 
-def test_other_statuses_have_the_openai_shape(client, bundle, upstream) -> None:
+def test_other_statuses_have_the_openai_shape(
+    client: TestClient, bundle: PolicyBundle, upstream: FakeUpstream
+) -> None:
     big = {"model": "auto", "messages": [{"role": "user", "content": "x" * 1_100_000}]}
     error = check_error(client.post(CHAT, json=big), 413, None)
     assert error["type"] == "invalid_request_error" and error["code"] == "body_too_large_error"
@@ -242,7 +253,9 @@ def test_other_statuses_have_the_openai_shape(client, bundle, upstream) -> None:
         ("x-polyroute-data-class", "secret"),
     ],
 )
-def test_bad_hint_headers_are_400_naming_the_header(client, header, value) -> None:
+def test_bad_hint_headers_are_400_naming_the_header(
+    client: TestClient, header: str, value: str
+) -> None:
     check_error(post(client, chat(), **{header: value}), 400, header)
 
 
@@ -263,11 +276,13 @@ def test_bad_hint_headers_are_400_naming_the_header(client, header, value) -> No
         ("[]", "metadata"),
     ],
 )
-def test_bad_hints_in_metadata_are_400_naming_the_field(client, metadata, param) -> None:
+def test_bad_hints_in_metadata_are_400_naming_the_field(
+    client: TestClient, metadata: str, param: str
+) -> None:
     check_error(post(client, chat(metadata=metadata)), 400, param)
 
 
-def test_good_hints_are_served(client, sink) -> None:
+def test_good_hints_are_served(client: TestClient, sink: ListSink) -> None:
     for headers in ({"x-polyroute-max-cost": "1.5", "x-polyroute-priority": "7"}, {}):
         response = post(client, chat(metadata='{"max_latency": "60000", "priority": 0}'), **headers)
         assert response.status_code == 200, response.text
@@ -279,14 +294,14 @@ def test_good_hints_are_served(client, sink) -> None:
 @pytest.mark.parametrize(
     "quality", ["true", "false", '"0.5"', "null", "NaN", "1e999", "-0.1", "1.5", "[1]", "1" * 400]
 )
-def test_feedback_quality_must_be_a_number_in_range(client, quality) -> None:
+def test_feedback_quality_must_be_a_number_in_range(client: TestClient, quality: str) -> None:
     decision_id = post(client, chat()).headers["x-polyroute-decision-id"]
     raw = f'{{"decision_id": "{decision_id}", "quality": {quality}}}'
     check_error(post(client, raw, "/v1/feedback"), 400, "quality")
 
 
 @pytest.mark.parametrize("quality", ["0", "1", "0.25", "1e-3"])
-def test_feedback_quality_accepted(client, quality) -> None:
+def test_feedback_quality_accepted(client: TestClient, quality: str) -> None:
     decision_id = post(client, chat()).headers["x-polyroute-decision-id"]
     raw = f'{{"decision_id": "{decision_id}", "quality": {quality}}}'
     assert post(client, raw, "/v1/feedback").status_code == 200
@@ -295,7 +310,9 @@ def test_feedback_quality_accepted(client, quality) -> None:
 # ---- a bug still answers JSON, is counted, and finishes its decision -------------------------
 
 
-def test_a_bug_after_the_decision_is_a_json_500_with_an_outcome(config, bundle) -> None:
+def test_a_bug_after_the_decision_is_a_json_500_with_an_outcome(
+    config: RouterConfig, bundle: PolicyBundle
+) -> None:
     sink = ListSink()
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(FakeUpstream()))
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -315,7 +332,9 @@ def test_a_bug_after_the_decision_is_a_json_500_with_an_outcome(config, bundle) 
         assert 'polyroute_errors_total{kind="internal_error"} 1.0' in c.get("/metrics").text
 
 
-def test_a_bug_before_the_decision_is_a_json_500_and_logs_nothing(config, bundle) -> None:
+def test_a_bug_before_the_decision_is_a_json_500_and_logs_nothing(
+    config: RouterConfig, bundle: PolicyBundle
+) -> None:
     sink = ListSink()
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(FakeUpstream()))
     with TestClient(app, raise_server_exceptions=False) as c:
@@ -474,7 +493,9 @@ def check_answer(response: httpx.Response, sink: ListSink) -> None:
     headers=HEADERS,
     ascii_only=st.booleans(),
 )
-def test_fuzz_chat_never_fails_and_never_orphans(client, sink, body, headers, ascii_only) -> None:
+def test_fuzz_chat_never_fails_and_never_orphans(
+    client: TestClient, sink: ListSink, body: Any, headers: dict[str, str], ascii_only: bool
+) -> None:
     response = post(client, encode(body, ascii_only), **headers)
     check_answer(response, sink)
 
@@ -485,7 +506,9 @@ def test_fuzz_chat_never_fails_and_never_orphans(client, sink, body, headers, as
     quality=st.one_of(st.floats(0, 1), st.integers(0, 1), ANY),
     ascii_only=st.booleans(),
 )
-def test_fuzz_feedback_never_fails(client, sink, decision_id, quality, ascii_only) -> None:
+def test_fuzz_feedback_never_fails(
+    client: TestClient, sink: ListSink, decision_id: Any, quality: Any, ascii_only: bool
+) -> None:
     if decision_id == "served":
         decision_id = sink.of("decision")[-1]["event_id"] if sink.of("decision") else "none"
     body = encode({"decision_id": decision_id, "quality": quality}, ascii_only)

@@ -8,25 +8,28 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
 import pytest
 from fakes import Clock, ListSink, completion
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from features.errors import ConfigError
 from features.featurizer import FeaturizerConfig
 from router.app import create_app
 from router.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryBudget
+from router.bundle import PolicyBundle
 from router.config import BreakerConfig, RouterConfig, load_config
 from router.eligibility import RequestHints
 from router.events.join import charge_failures, join_events
 from router.events.models import event_from_record
 from router.health import HealthBoard
-from router.pipeline import DecisionEngine
+from router.pipeline import Decision, DecisionEngine
 from training.bundle_train import train_bundle
+from training.datasets import RoutingDataset
 
 EXAMPLE = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 
@@ -81,14 +84,17 @@ def upstream() -> Upstream:
     return Upstream()
 
 
-def client_for(config: RouterConfig, bundle, sink, upstream) -> TestClient:
+def client_for(
+    config: RouterConfig, bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> TestClient:
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
     return TestClient(app)
 
 
 def ask(client: TestClient, model: str = "auto") -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
-    return client.post("/v1/chat/completions", json=body)
+    response: httpx.Response = client.post("/v1/chat/completions", json=body)
+    return response
 
 
 # ---- the breaker alone ----------------------------------------------------------------------
@@ -158,7 +164,9 @@ def test_retry_budget_bounds_retries_to_a_share_of_requests() -> None:
 
 
 # ---- the board: eligibility, balancing, latency outliers ------------------------------------
-def test_a_failing_model_becomes_ineligible_and_the_pmf_is_over_the_others(bundle) -> None:
+def test_a_failing_model_becomes_ineligible_and_the_pmf_is_over_the_others(
+    bundle: PolicyBundle,
+) -> None:
     config = make_config(breaker={"consecutive_failures": 3})
     clock = Clock()
     board = HealthBoard(config, clock)
@@ -258,7 +266,9 @@ def test_a_model_slower_than_its_peers_is_ejected_and_raises_its_latency_factor(
     assert factors[board.names.index(names[1])] == pytest.approx(1.0)
 
 
-def test_latency_factors_move_a_latency_weighted_policy_off_a_slowed_model(bundle) -> None:
+def test_latency_factors_move_a_latency_weighted_policy_off_a_slowed_model(
+    bundle: PolicyBundle,
+) -> None:
     data = make_config().model_dump()
     data["profiles"]["fast"] = {"w_cost": 0.0, "w_latency": 1.0}
     config = RouterConfig.model_validate(data)
@@ -274,7 +284,7 @@ def test_latency_factors_move_a_latency_weighted_policy_off_a_slowed_model(bundl
 
 
 # ---- profiles: reward weights at decision time ----------------------------------------------
-def test_profile_weights_apply_at_decision_time_and_are_logged(bundle) -> None:
+def test_profile_weights_apply_at_decision_time_and_are_logged(bundle: PolicyBundle) -> None:
     data = make_config().model_dump()
     data["profiles"]["frugal"] = {"w_cost": 50.0}
     data["profiles"]["lavish"] = {"w_cost": 0.0}
@@ -284,7 +294,7 @@ def test_profile_weights_apply_at_decision_time_and_are_logged(bundle) -> None:
     lavish = engine.decide("Explain entropy.", 1, 10, 64, RequestHints(profile="lavish"))
     assert frugal.reward.w_cost == 50.0 and lavish.reward.w_cost == 0.0
 
-    def mean_price(d) -> float:
+    def mean_price(d: Decision) -> float:
         prices = [
             config.model(m).usd_per_mtok_in + config.model(m).usd_per_mtok_out for m in d.eligible
         ]
@@ -295,7 +305,9 @@ def test_profile_weights_apply_at_decision_time_and_are_logged(bundle) -> None:
     assert default.reward.w_cost == bundle.reward.w_cost  # example default: w_cost 0.2
 
 
-def test_a_policy_with_baked_in_weights_refuses_other_profile_weights(vw_bundle) -> None:
+def test_a_policy_with_baked_in_weights_refuses_other_profile_weights(
+    vw_bundle: PolicyBundle,
+) -> None:
     data = make_config().model_dump()
     data["profiles"] = {"default": {}, "frugal": {"w_cost": vw_bundle.reward.w_cost + 1}}
     with pytest.raises(ConfigError, match=r"profiles\.frugal: w_cost / w_latency differ"):
@@ -305,7 +317,7 @@ def test_a_policy_with_baked_in_weights_refuses_other_profile_weights(vw_bundle)
 
 
 @pytest.fixture(scope="module")
-def vw_bundle(tiny):
+def vw_bundle(tiny: RoutingDataset) -> PolicyBundle:
     return train_bundle(
         tiny, w_cost=0.2, policy_name="vw_squarecb",
         featurizer_config=FeaturizerConfig(n_components=16),
@@ -319,16 +331,16 @@ def sink() -> ListSink:
 
 
 @pytest.fixture()
-def two_instance(bundle, sink, upstream) -> Iterator[TestClient]:
+def two_instance(bundle: PolicyBundle, sink: ListSink, upstream: Upstream) -> Iterator[TestClient]:
     config = make_config()
     with client_for(config, bundle, sink, upstream) as c:
         yield c
 
 
 def test_an_instance_failure_is_retried_on_another_instance_of_the_model(
-    two_instance, sink, upstream
+    two_instance: TestClient, sink: ListSink, upstream: Upstream
 ) -> None:
-    config: RouterConfig = two_instance.app.state.gateway.config
+    config: RouterConfig = cast(FastAPI, two_instance.app).state.gateway.config
     name = config.models[0].name
     upstream.down = {"a"}
     for _ in range(6):
@@ -346,11 +358,12 @@ def test_an_instance_failure_is_retried_on_another_instance_of_the_model(
     # a failure weighs in a's EWMA latency: balancing shuns it from then on
     assert upstream.calls.count((name, "a")) == 1
     assert upstream.calls[-5:] == [(name, "b")] * 5
-    assert two_instance.app.state.gateway.health.state(name) == CLOSED  # the model is fine
+    health = cast(FastAPI, two_instance.app).state.gateway.health
+    assert health.state(name) == CLOSED  # the model is fine
 
 
 def test_fallback_follows_the_policys_order_and_charges_the_chosen_model(
-    bundle, sink, upstream
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
 ) -> None:
     config = make_config(breaker={"consecutive_failures": 1000, "min_requests": 1000})
     with client_for(config, bundle, sink, upstream) as client:
@@ -380,13 +393,15 @@ def test_fallback_follows_the_policys_order_and_charges_the_chosen_model(
     assert row["latency_ms"] == pytest.approx(outcome["attempts"][0]["latency_ms"])
 
 
-def test_a_down_model_gets_no_more_traffic_once_its_breaker_opens(bundle, sink, upstream) -> None:
+def test_a_down_model_gets_no_more_traffic_once_its_breaker_opens(
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> None:
     config = make_config(breaker={"consecutive_failures": 3, "open_s": 60})
     with client_for(config, bundle, sink, upstream) as client:
         first = ask(client).headers["x-polyroute-model"]
         upstream.failing = {first}
         statuses = [ask(client).status_code for _ in range(60)]
-        gateway = client.app.state.gateway
+        gateway = cast(FastAPI, client.app).state.gateway
         assert gateway.health.state(first) == OPEN
         calls_before = sum(1 for m, _ in upstream.calls if m == first)
         later = [ask(client) for _ in range(40)]
@@ -397,7 +412,9 @@ def test_a_down_model_gets_no_more_traffic_once_its_breaker_opens(bundle, sink, 
     assert f'polyroute_circuit_state{{model="{first}"}} 2.0' in metrics
 
 
-def test_max_attempts_one_means_no_retry(bundle, sink, upstream) -> None:
+def test_max_attempts_one_means_no_retry(
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> None:
     config = make_config(max_attempts=1)
     with client_for(config, bundle, sink, upstream) as client:
         upstream.failing = {m.name for m in config.models}
@@ -407,10 +424,12 @@ def test_max_attempts_one_means_no_retry(bundle, sink, upstream) -> None:
     assert sink.of("outcome")[-1]["error_class"] == "http_503"
 
 
-def test_an_empty_retry_budget_stops_retries(bundle, sink, upstream) -> None:
+def test_an_empty_retry_budget_stops_retries(
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> None:
     config = make_config(retry_budget_ratio=0.0, retry_budget_min_per_s=0.0)
     with client_for(config, bundle, sink, upstream) as client:
-        client.app.state.gateway.health.budget.tokens = 0.0
+        cast(FastAPI, client.app).state.gateway.health.budget.tokens = 0.0
         upstream.failing = {m.name for m in config.models}
         response = ask(client)
         metrics = client.get("/metrics").text
@@ -418,7 +437,9 @@ def test_an_empty_retry_budget_stops_retries(bundle, sink, upstream) -> None:
     assert 'polyroute_errors_total{kind="retry_budget_exhausted"} 1.0' in metrics
 
 
-def test_the_overall_deadline_bounds_every_attempt(bundle, sink, upstream) -> None:
+def test_the_overall_deadline_bounds_every_attempt(
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> None:
     data = make_config().model_dump()
     data["timeouts"]["total_s"] = 0.3
     config = RouterConfig.model_validate(data)
@@ -431,7 +452,9 @@ def test_the_overall_deadline_bounds_every_attempt(bundle, sink, upstream) -> No
     assert outcome["latency_ms"] < 1500
 
 
-def test_retry_after_from_an_upstream_keeps_its_instance_out(bundle, sink, upstream) -> None:
+def test_retry_after_from_an_upstream_keeps_its_instance_out(
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> None:
     config = make_config()
     name = config.models[2].name
     upstream.failing = {name}
@@ -439,21 +462,23 @@ def test_retry_after_from_an_upstream_keeps_its_instance_out(bundle, sink, upstr
     with client_for(config, bundle, sink, upstream) as client:
         response = ask(client, name)
         assert response.status_code == 502  # pass-through: no other model may answer
-        breaker = client.app.state.gateway.health.models[name].instances[0].breaker
+        breaker = cast(FastAPI, client.app).state.gateway.health.models[name].instances[0].breaker
         assert breaker.state == OPEN and breaker.reason == "retry-after"
         again = ask(client, name)
     assert again.status_code == 503 and int(again.headers["retry-after"]) >= 1
     assert "unavailable (circuit open)" in again.json()["error"]["message"]
 
 
-def test_health_is_reported_to_the_admin(two_instance) -> None:
+def test_health_is_reported_to_the_admin(two_instance: TestClient) -> None:
     body = two_instance.get("/admin/health").json()
     assert body["unhealthy"] == []
     first = next(iter(body["models"].values()))
     assert first["state"] == "closed" and len(first["instances"]) == 2
 
 
-def test_model_version_and_speeds_from_the_config_are_used(bundle, sink, upstream) -> None:
+def test_model_version_and_speeds_from_the_config_are_used(
+    bundle: PolicyBundle, sink: ListSink, upstream: Upstream
+) -> None:
     data = make_config().model_dump()
     name = data["models"][3]["name"]
     data["models"][3]["version"] = "2024-08-06"

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,7 @@ print(json.dumps({"model": decision.chosen, "modules": sorted(sys.modules)}))
 """
 
 
-def _config(tmp_path: Path, policy: dict | None = None) -> Path:
+def _config(tmp_path: Path, policy: dict[str, Any] | None = None) -> Path:
     """The example config, open (no tenants), its models behind a port nothing listens on;
     ``policy``: its registry section."""
     raw = yaml.safe_load(CONFIG.read_text())
@@ -98,8 +99,12 @@ def _config(tmp_path: Path, policy: dict | None = None) -> Path:
 
 
 def _child(
-    script: str, tmp_path: Path, bundle: Path | None, prompt: str, policy: dict | None = None
-) -> dict:
+    script: str,
+    tmp_path: Path,
+    bundle: Path | None,
+    prompt: str,
+    policy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POLYROUTE_HOME": str(tmp_path / "home")}
     events = tmp_path / "events"
     config = str(_config(tmp_path, policy))
@@ -112,7 +117,7 @@ def _child(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     tops = {m.split(".")[0] for m in result["modules"]}
     result["heavy"] = sorted(tops.intersection(FORBIDDEN))
     return result
@@ -226,6 +231,7 @@ def test_lean_prior_keeps_its_predictor(tmp_path: Path, bundle_dir: Path) -> Non
     predictor = lean.policy.predictor
     assert predictor is not None and predictor.models_ == lean.catalogue.names
     w, b = predictor.linear_form() or (None, None)
+    assert w is not None and b is not None
     with np.load(bundle_dir / "policy" / LINEAR_FILE) as arrays:
         assert np.array_equal(arrays["weights"], w) and np.array_equal(arrays["bias"], b)
     again = PolicyBundle.load(resaved)

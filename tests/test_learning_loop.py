@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from features.errors import DatasetError, PolicyError
 from router.bundle import PolicyBundle
 from router.events import FileEventSink, read_events
 from router.events.join import join_events
+from router.events.models import Event
 from router.policy.base import Policy, RewardSpec
 from training import model_registry
 from training.bundle_train import train_bundle
@@ -127,7 +129,7 @@ def test_since_keeps_feedback_from_a_file_that_sorts_first(tmp_path: Path, logs:
     rest = [e for e in events if e.event_id == decision.event_id and e.kind == "outcome"]
     late = FeedbackEvent(event_id=decision.event_id, timestamp=decision.timestamp + 5, quality=0.75)
 
-    def write(name: str, items: list) -> None:
+    def write(name: str, items: Sequence[Event]) -> None:
         lines = [json.dumps(event_to_record(e)) for e in items]
         (tmp_path / name).write_text("\n".join(lines) + "\n")
 
@@ -156,7 +158,9 @@ def test_select_learnable_counts_what_it_leaves_out(logs: Path, cold: PolicyBund
 
 def test_training_from_logs_learns(logs: Path, cold: PolicyBundle, bundled: RoutingDataset) -> None:
     result = train_from_logs(read_events(logs), cold, holdout=0.3, seed=0)
-    assert result.stats["n_train"] + result.stats["n_holdout"] == result.stats["n_learnable"]
+    n_train, n_holdout = result.stats["n_train"], result.stats["n_holdout"]
+    assert isinstance(n_train, int) and isinstance(n_holdout, int)
+    assert n_train + n_holdout == result.stats["n_learnable"]
     held = result.holdout_rows.frame
     assert held["timestamp"].min() >= result.train_rows.frame["timestamp"].max()
     # served on unseen prompts (the test split, full information), the candidate earns more
@@ -292,7 +296,7 @@ class FakeEvaluation:
         self._imp = {"delta": delta, "low": low, "high": high, "alpha": 0.05}
         self._imp["same_reward_spec"] = same
 
-    def improvement(self, candidate: str, baseline: str, estimator: str = "dr") -> dict:
+    def improvement(self, candidate: str, baseline: str, estimator: str = "dr") -> dict[str, Any]:
         return self._imp
 
 
@@ -306,7 +310,9 @@ class FakeEvaluation:
         (FakeEvaluation(500, 0.05, 0.01, 0.09, same=False), GateConfig(), False, "reward specs"),
     ],
 )
-def test_gate_decisions(evaluation, config, promote: bool, reason: str) -> None:
+def test_gate_decisions(
+    evaluation: FakeEvaluation, config: GateConfig, promote: bool, reason: str
+) -> None:
     from training.promote import gate
 
     decision = gate(evaluation, config=config)
@@ -322,7 +328,7 @@ class FixedEvaluation(FakeEvaluation):
         self.vs_fixed, self.values = vs_fixed, values
         self.diagnostics |= {name: {"ess": 400.0} for name in values}
 
-    def improvement(self, candidate: str, baseline: str, estimator: str = "dr") -> dict:
+    def improvement(self, candidate: str, baseline: str, estimator: str = "dr") -> dict[str, Any]:
         if baseline in self.vs_fixed:
             delta, low, high = self.vs_fixed[baseline]
             return {"delta": delta, "low": low, "high": high, "alpha": 0.05}
@@ -358,7 +364,7 @@ def test_the_gate_refuses_a_candidate_worse_than_the_best_fixed_model() -> None:
         ({"alpha": 1.5}, "alpha"),
     ],
 )
-def test_gate_config_errors_name_the_option(kwargs: dict, match: str) -> None:
+def test_gate_config_errors_name_the_option(kwargs: dict[str, Any], match: str) -> None:
     from features.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):

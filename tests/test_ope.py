@@ -7,9 +7,10 @@ three cases (../shared/fixtures/OPE_REFERENCE.md); every one is checked to 1e-9.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import ope
@@ -31,6 +32,11 @@ def ref() -> Any:
     return np.load(FIXTURE)
 
 
+def cell(table: pd.DataFrame, row: str | tuple[str, ...], column: str) -> float:
+    """``table.loc[row, column]``, a number (pandas-stubs type a cell as any scalar)."""
+    return cast(float, table.loc[row, column])
+
+
 class Case:
     def __init__(self, ref: Any, name: str) -> None:
         self.name, self.ref = name, ref
@@ -49,7 +55,7 @@ class Case:
         return pytest.approx(float(self[key]), abs=TOL, rel=TOL)
 
     @property
-    def args(self) -> tuple[np.ndarray, ...]:
+    def args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return self.action, self.reward, self.pscore, self.pi
 
 
@@ -309,8 +315,8 @@ def test_coverage_runs_on_a_small_slice(small: Any) -> None:
         shares = summary.loc[COMPARISON, [f"verdict_{w}" for w in VERDICTS]]
         assert shares.sum() == pytest.approx(1.0)  # every run has one verdict
         for name in ("dr", "ipw", COMPARISON):  # support-aware: never narrower than the bootstrap
-            assert summary.loc[name, "width_supp"] >= summary.loc[name, "width_boot"] - 1e-12
-        assert 0 <= summary.loc["cressieread", "cover_lr"] <= 1  # a coverage rate (not NaN)
+            assert cell(summary, name, "width_supp") >= cell(summary, name, "width_boot") - 1e-12
+        assert 0 <= cell(summary, "cressieread", "cover_lr") <= 1  # a coverage rate (not NaN)
         report = markdown_report([(scenario_meta(config, runs), summary)], "cmd", "date", "m", 1.0)
         assert f"## logging: {logging_policy}, target: {target}" in report
     with pytest.raises(ValueError, match="target must be one of"):

@@ -7,11 +7,19 @@ bootstrap interval of DR is then a narrow band around the reward model's guess.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from training import ope, ope_support
 from training.ope_support import BETTER, CANNOT_TELL, SAME, WORSE, verdict
+
+
+def cell(table: pd.DataFrame, row: str | tuple[str, ...], column: str) -> float:
+    """``table.loc[row, column]``, a number (pandas-stubs type a cell as any scalar)."""
+    return float(cast(float, table.loc[row, column]))
 
 
 def test_second_moment_and_expected_ess_follow_the_logger_pmf() -> None:
@@ -59,12 +67,13 @@ def _near_greedy_run(seed: int, n: int = 100, k: int = 5) -> dict[str, float]:
         action, reward, mu[np.arange(n), action], target, q_hat, n_bootstrap=200, seed=seed,
         logging_pmf=mu,
     )  # fmt: skip
-    dr = table.loc["dr"]
+    boot_low, boot_high = cell(table, "dr", "boot_low"), cell(table, "dr", "boot_high")
+    low, high = cell(table, "dr", "low"), cell(table, "dr", "high")
     return {
         "truth": 0.8,
-        "boot_cover": float(dr["boot_low"] <= 0.8 <= dr["boot_high"]),
-        "cover": float(dr["low"] <= 0.8 <= dr["high"]),
-        "width": float(dr["high"] - dr["low"]),
+        "boot_cover": float(boot_low <= 0.8 <= boot_high),
+        "cover": float(low <= 0.8 <= high),
+        "width": high - low,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,9 @@ def config() -> RouterConfig:
     return load_config(EXAMPLE)
 
 
-def test_bundle_round_trip_gives_the_same_pmf(small: RoutingDataset, bundle, tmp_path) -> None:
+def test_bundle_round_trip_gives_the_same_pmf(
+    small: RoutingDataset, bundle: PolicyBundle, tmp_path: Path
+) -> None:
     bundle.save(tmp_path / "again")
     again = PolicyBundle.load(tmp_path / "again")
     text = small.prompts["prompt"].iloc[-1]
@@ -36,7 +39,7 @@ def test_bundle_round_trip_gives_the_same_pmf(small: RoutingDataset, bundle, tmp
     )
 
 
-def test_bundle_with_mixed_parts_is_refused(bundle, tmp_path) -> None:
+def test_bundle_with_mixed_parts_is_refused(bundle: PolicyBundle, tmp_path: Path) -> None:
     bundle.save(tmp_path / "b")
     meta = (tmp_path / "b" / "bundle.json").read_text()
     n_train = f'"n_train": {bundle.provenance["n_train"]}'
@@ -48,7 +51,9 @@ def test_bundle_with_mixed_parts_is_refused(bundle, tmp_path) -> None:
         PolicyBundle.load(tmp_path)
 
 
-def test_decisions_are_sampled_from_the_pmf(config, bundle, small: RoutingDataset) -> None:
+def test_decisions_are_sampled_from_the_pmf(
+    config: RouterConfig, bundle: PolicyBundle, small: RoutingDataset
+) -> None:
     engine = DecisionEngine(config, bundle, seed=1)
     text = small.prompts["prompt"].iloc[0]
     seen: dict[str, int] = {}
@@ -63,7 +68,9 @@ def test_decisions_are_sampled_from_the_pmf(config, bundle, small: RoutingDatase
     assert len(seen) > 1  # exploration: other models are tried too
 
 
-def test_rules_restrict_the_choice(config, bundle, small: RoutingDataset) -> None:
+def test_rules_restrict_the_choice(
+    config: RouterConfig, bundle: PolicyBundle, small: RoutingDataset
+) -> None:
     engine = DecisionEngine(config, bundle)
     text = small.prompts["prompt"].iloc[0]
     d = engine.decide(text, 1, 300, 512, RequestHints(data_class="phi"), {"phi"})
@@ -76,7 +83,7 @@ def test_rules_restrict_the_choice(config, bundle, small: RoutingDataset) -> Non
     assert "gemini-1.5-pro-002" not in d.eligible
 
 
-def test_no_eligible_model_names_every_rule(config) -> None:
+def test_no_eligible_model_names_every_rule(config: RouterConfig) -> None:
     with pytest.raises(NoEligibleModelError, match=r"data class 'phi'.*context window"):
         eligible_models(config, RequestHints(data_class="phi"), 3_000_000, 10)
     with pytest.raises(RequestError, match="unknown profile 'vip'"):
@@ -87,7 +94,7 @@ def test_no_eligible_model_names_every_rule(config) -> None:
         eligible_models(config, RequestHints(data_class="phi"), 10, 10, tenant_data_classes=set())
 
 
-def test_max_cost_hint(config, bundle, small: RoutingDataset) -> None:
+def test_max_cost_hint(config: RouterConfig, bundle: PolicyBundle, small: RoutingDataset) -> None:
     engine = DecisionEngine(config, bundle)
     text = small.prompts["prompt"].iloc[0]
     d = engine.decide(text, 1, 300, 512, RequestHints(max_cost_usd=2e-4))
@@ -95,14 +102,18 @@ def test_max_cost_hint(config, bundle, small: RoutingDataset) -> None:
     assert "expected cost > 0.0002 USD" in d.removed
 
 
-def test_config_models_unknown_to_the_bundle_are_refused(config, bundle) -> None:
+def test_config_models_unknown_to_the_bundle_are_refused(
+    config: RouterConfig, bundle: PolicyBundle
+) -> None:
     data = config.model_dump()
     data["models"][0]["name"] = "gpt-9"
     with pytest.raises(ConfigError, match="gpt-9"):
         DecisionEngine(RouterConfig.model_validate(data), bundle)
 
 
-def _reference_decide(engine: DecisionEngine, rng: np.random.Generator, *args, **kwargs):
+def _reference_decide(
+    engine: DecisionEngine, rng: np.random.Generator, *args: Any, **kwargs: Any
+) -> tuple[list[str], np.ndarray, int, float, float, dict[str, list[str]]]:
     """The decision path as it was before the latency work (VW's text-format predict, cost
     dictionaries, the per-call eligibility rules): the fast path must decide exactly as it."""
     text, n_turns, input_tokens, max_output_tokens, hints = args
@@ -144,7 +155,11 @@ def vw_bundle(tiny: RoutingDataset) -> PolicyBundle:
 
 @pytest.mark.parametrize("policy", ["default", "vw_squarecb"])
 def test_decisions_equal_the_reference_path(
-    config, bundle, vw_bundle, small: RoutingDataset, policy: str
+    config: RouterConfig,
+    bundle: PolicyBundle,
+    vw_bundle: PolicyBundle,
+    small: RoutingDataset,
+    policy: str,
 ) -> None:
     """Same pmfs (bit for bit), same sampled choices, costs and removals as the reference path
     (for VW: its text-format predict, which the exact fast path must reproduce)."""
@@ -203,7 +218,11 @@ def _stage_owner(stage: str, engine: DecisionEngine) -> tuple[object, str]:
 
 @pytest.mark.parametrize("stage", ["features", "cost_model", "eligibility", "policy", "sampling"])
 def test_decision_records_its_stage_timings(
-    stage: str, config, bundle, small: RoutingDataset, monkeypatch: pytest.MonkeyPatch
+    stage: str,
+    config: RouterConfig,
+    bundle: PolicyBundle,
+    small: RoutingDataset,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Work done in one stage is timed in that stage, and the decision's time is its wall time:
     the stage whose call is slowed by 100 ms takes the 100 ms; the others stay well under it."""
@@ -217,7 +236,7 @@ def test_decision_records_its_stage_timings(
     original = getattr(owner, attribute)
     delay_ns = 100_000_000
 
-    def slowed(*args, **kwargs):
+    def slowed(*args: Any, **kwargs: Any) -> Any:
         time.sleep(delay_ns / 1e9)
         return original(*args, **kwargs)
 

@@ -3,15 +3,20 @@ particular policies (VW's exact fast path, warm start, learning from partial fee
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from features.errors import ConfigError
+from features.featurizer import RequestFeaturizer
 from router.policy import POLICIES, Policy, RewardSpec, get_policy_class
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action
 from router.policy.checks import (
     CheckData,
+    PolicyFactory,
     check_policy,
     make_check_data,
     policy_factory,
@@ -28,7 +33,12 @@ def make(name: str, models: list[str], seed: int = 0) -> Policy:
     return policy_factory(name, models, SPEC)(seed)
 
 
-def trained(small: RoutingDataset, fitted, seed: int = 0, steps: int = 60) -> Policy:
+def trained(
+    small: RoutingDataset,
+    fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray],
+    seed: int = 0,
+    steps: int = 60,
+) -> Policy:
     """The VW policy warm-started on real full-information data, then a short
     partial-feedback stream (the fast-path tests below start from it)."""
     _featurizer, catalogue, x = fitted
@@ -56,7 +66,9 @@ def check_data() -> CheckData:
 
 @pytest.mark.parametrize("check", list(yield_checks()), ids=lambda c: c.__name__)
 @pytest.mark.parametrize("name", sorted(POLICIES))
-def test_registered_policy_conforms(name: str, check, check_data: CheckData) -> None:
+def test_registered_policy_conforms(
+    name: str, check: Callable[[PolicyFactory, CheckData], None], check_data: CheckData
+) -> None:
     check(policy_factory(name), check_data)
 
 
@@ -65,7 +77,7 @@ class _Greedy(Policy):
 
     name = "first"
 
-    def _predict_one(self, context: np.ndarray, actions) -> np.ndarray:
+    def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         pmf = np.zeros(len(actions))
         pmf[0] = 1.0
         return pmf
@@ -78,7 +90,7 @@ class _ClaimsToExplore(_Greedy):
 class _Unseeded(_Greedy):
     """Ignores its seed: two policies built alike differ."""
 
-    def _predict_one(self, context: np.ndarray, actions) -> np.ndarray:
+    def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         return np.random.default_rng().dirichlet(np.ones(len(actions)))
 
 
@@ -92,12 +104,20 @@ class _Forgetful(Policy):
         super().__init__(reward, seed)
         self.last: str | None = None
 
-    def _predict_one(self, context: np.ndarray, actions) -> np.ndarray:
+    def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         pmf = np.ones(len(actions))
         pmf[[i for i, a in enumerate(actions) if a.model == self.last]] = 10.0
-        return pmf / pmf.sum()
+        normalised: np.ndarray = pmf / pmf.sum()
+        return normalised
 
-    def _learn_one(self, context, actions, chosen, probability, reward) -> None:
+    def _learn_one(
+        self,
+        context: np.ndarray,
+        actions: Sequence[Action],
+        chosen: int,
+        probability: float,
+        reward: float,
+    ) -> None:
         self.last = actions[chosen].model
 
 
@@ -176,7 +196,9 @@ def test_reward_spec() -> None:
         RewardSpec(cost_scale=0)
 
 
-def test_direct_router_beats_random_on_held_out_prompts(small: RoutingDataset, fitted) -> None:
+def test_direct_router_beats_random_on_held_out_prompts(
+    small: RoutingDataset, fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray]
+) -> None:
     """The default (cross-validated) quality predictor, on every third model of the catalogue
     (ten models, strong and weak: the routing problem stays, at a third of the fitting time)."""
     featurizer, catalogue, x = fitted
@@ -194,7 +216,7 @@ def test_direct_router_beats_random_on_held_out_prompts(small: RoutingDataset, f
 
 
 def test_vw_warm_start_from_full_information_routes_better_than_cold(
-    small: RoutingDataset, fitted
+    small: RoutingDataset, fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray]
 ) -> None:
     featurizer, catalogue, x = fitted
     train, test = small.split("train"), small.split("test")
@@ -223,7 +245,9 @@ def _random_subsets(rng: np.random.Generator, names: list[str], n: int) -> list[
     return [list(rng.choice(names, size=int(s), replace=False)) for s in sizes]
 
 
-def _assert_fast_path_equals_vw(policy: Policy, catalogue: ActionCatalogue, contexts) -> None:
+def _assert_fast_path_equals_vw(
+    policy: Policy, catalogue: ActionCatalogue, contexts: Sequence[np.ndarray]
+) -> None:
     """The fast path's pmf equals Workspace.predict's bit for bit, on every context and on
     random eligible subsets (in random orders)."""
     from router.policy.vw import VWSquareCBPolicy
@@ -251,7 +275,11 @@ def _probe_contexts(x: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]
     return rows
 
 
-def test_vw_fast_path_equals_workspace_predict(small: RoutingDataset, fitted, tmp_path) -> None:
+def test_vw_fast_path_equals_workspace_predict(
+    small: RoutingDataset,
+    fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray],
+    tmp_path: Path,
+) -> None:
     """After fit, after learn_one updates and after save/load: the same pmfs as VW's."""
     _featurizer, catalogue, x = fitted
     rng = np.random.default_rng(5)
@@ -269,7 +297,9 @@ def test_vw_fast_path_equals_workspace_predict(small: RoutingDataset, fitted, tm
     _assert_fast_path_equals_vw(loaded, catalogue, contexts)
 
 
-def test_vw_fast_path_serves_once_learning_pauses(small: RoutingDataset, fitted) -> None:
+def test_vw_fast_path_serves_once_learning_pauses(
+    small: RoutingDataset, fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray]
+) -> None:
     from router.policy.vw import _REBUILD_AFTER
 
     _featurizer, catalogue, x = fitted
@@ -287,16 +317,21 @@ def test_vw_fast_path_serves_once_learning_pauses(small: RoutingDataset, fitted)
     assert policy._scorer is None  # type: ignore[attr-defined]
 
 
-def test_vw_fast_path_on_untrained_and_unsupported_policies(fitted) -> None:
+def test_vw_fast_path_on_untrained_and_unsupported_policies(
+    fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray],
+) -> None:
     _featurizer, catalogue, x = fitted
+    from router.policy.vw import VWSquareCBPolicy
+
     cls = get_policy_class("vw_squarecb")
+    assert issubclass(cls, VWSquareCBPolicy)
     fresh = cls(reward=SPEC)  # counter 0: gamma 0, every score equal: a uniform pmf
     _assert_fast_path_equals_vw(fresh, catalogue, list(x[:5]))
     toy = cls(reward=SPEC)
-    fast = toy._fast_pmf(np.ones(4), _toy_actions())  # type: ignore[attr-defined]
-    np.testing.assert_array_equal(fast, toy._vw_pmf(np.ones(4), _toy_actions()))  # type: ignore[attr-defined]
+    fast = toy._fast_pmf(np.ones(4), _toy_actions())
+    np.testing.assert_array_equal(fast, toy._vw_pmf(np.ones(4), _toy_actions()))
     other = cls(reward=SPEC, extra_args="--l2 1e-6")  # not reproduced: VW predicts
-    assert other.fast_path_error is not None  # type: ignore[attr-defined]
+    assert other.fast_path_error is not None
     pmf = other.predict_one(x[0], catalogue.actions(x[0], 100.0))
     assert pmf.sum() == pytest.approx(1.0)
 
@@ -337,7 +372,9 @@ def test_squarecb_pmf_floor_and_ties() -> None:
     assert pmf.min() >= f32(0.1) and abs(float(pmf.sum()) - 1.0) < 1e-6
 
 
-def test_catalogue_actions_share_read_only_rows(fitted) -> None:
+def test_catalogue_actions_share_read_only_rows(
+    fitted: tuple[RequestFeaturizer, ActionCatalogue, np.ndarray],
+) -> None:
     """One read-only features row per model, reused by every request (the fast path finds an
     eligible set by the identity of these rows); the actions equal plainly built ones."""
     _featurizer, catalogue, x = fitted

@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from fakes import ListSink
 from fastapi.testclient import TestClient
-from test_gateway import FakeUpstream, ListSink, ask
+from test_gateway import FakeUpstream, ask
 
 from features.errors import ConfigError
 from router.app import create_app
@@ -78,7 +80,7 @@ def bundles(bundle: PolicyBundle) -> dict[str, PolicyBundle]:
 
 
 @pytest.fixture()
-def source(bundles) -> DictSource:
+def source(bundles: dict[str, PolicyBundle]) -> DictSource:
     return DictSource(bundles, "1")
 
 
@@ -88,7 +90,9 @@ def sink() -> ListSink:
 
 
 @pytest.fixture()
-def client(config, bundles, sink, source) -> Iterator[TestClient]:
+def client(
+    config: RouterConfig, bundles: dict[str, PolicyBundle], sink: ListSink, source: DictSource
+) -> Iterator[TestClient]:
     upstream = httpx.MockTransport(FakeUpstream())
     app = create_app(config, bundles["1"], sink, transport=upstream, source=source)
     with TestClient(app) as c:
@@ -106,12 +110,14 @@ def info(version: str) -> str:
     return f'polyroute_policy_info{{arm="champion",version="{version}"}}'
 
 
-def test_source_protocol_is_satisfied_by_the_fake(source) -> None:
+def test_source_protocol_is_satisfied_by_the_fake(source: DictSource) -> None:
     checked: BundleSource = source  # mypy checks the structural type
     assert checked.current_version() == "1"
 
 
-def test_reload_swaps_policy_metrics_and_event_versions(client, sink, source, bundles) -> None:
+def test_reload_swaps_policy_metrics_and_event_versions(
+    client: TestClient, sink: ListSink, source: DictSource, bundles: dict[str, PolicyBundle]
+) -> None:
     v1, v2 = bundles["1"].version, bundles["2"].version
     ask(client)
     # the source pointed at the bundle already serving: loaded once, nothing swapped
@@ -137,7 +143,13 @@ def test_reload_swaps_policy_metrics_and_event_versions(client, sink, source, bu
     assert len(source.loads) == loads
 
 
-def test_failed_load_keeps_the_old_policy(client, sink, source, bundles, caplog) -> None:
+def test_failed_load_keeps_the_old_policy(
+    client: TestClient,
+    sink: ListSink,
+    source: DictSource,
+    bundles: dict[str, PolicyBundle],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     source.current, source.fail = "2", {"2"}
     with caplog.at_level(logging.ERROR, logger="router.reload"):
         report = client.post("/admin/reload").json()["champion"]
@@ -157,7 +169,9 @@ def test_failed_load_keeps_the_old_policy(client, sink, source, bundles, caplog)
     assert sink.of("decision")[-1]["policy_version"] == bundles["2"].version
 
 
-def test_a_bundle_that_cannot_decide_is_not_installed(client, source, bundles) -> None:
+def test_a_bundle_that_cannot_decide_is_not_installed(
+    client: TestClient, source: DictSource, bundles: dict[str, PolicyBundle]
+) -> None:
     source.current = "3"
     report = client.post("/admin/reload").json()["champion"]
     assert "cannot decide" in report["error"]
@@ -167,7 +181,7 @@ def test_a_bundle_that_cannot_decide_is_not_installed(client, source, bundles) -
     assert metric(client, stage) == 1.0
 
 
-def test_a_failing_registry_is_counted(client, source) -> None:
+def test_a_failing_registry_is_counted(client: TestClient, source: DictSource) -> None:
     def unreachable() -> str:
         raise ConnectionError("registry unreachable")
 
@@ -178,7 +192,9 @@ def test_a_failing_registry_is_counted(client, source) -> None:
     assert metric(client, stage) == 1.0
 
 
-def test_background_polling_swaps_off_the_request_path(config, bundles, sink) -> None:
+def test_background_polling_swaps_off_the_request_path(
+    config: RouterConfig, bundles: dict[str, PolicyBundle], sink: ListSink
+) -> None:
     source = DictSource(bundles, "1")
     fast = config.model_copy(update={"policy": config.policy.model_copy(update={"poll_s": 0.05})})  # type: ignore[union-attr]
     app = create_app(
@@ -195,7 +211,9 @@ def test_background_polling_swaps_off_the_request_path(config, bundles, sink) ->
     assert not any(r._thread for r in app.state.gateway.reloaders.values())  # stopped
 
 
-def test_reload_requires_a_source_and_the_admin_key(config, bundles, sink) -> None:
+def test_reload_requires_a_source_and_the_admin_key(
+    config: RouterConfig, bundles: dict[str, PolicyBundle], sink: ListSink
+) -> None:
     import hashlib
 
     upstream = httpx.MockTransport(FakeUpstream())
@@ -214,7 +232,7 @@ def test_reload_requires_a_source_and_the_admin_key(config, bundles, sink) -> No
         assert ok.status_code == 200
 
 
-def test_reloader_validates_poll_interval(bundles) -> None:
+def test_reloader_validates_poll_interval(bundles: dict[str, PolicyBundle]) -> None:
     from router.prometheus import GatewayMetrics
 
     with pytest.raises(ValueError, match="poll_s must be > 0"):
@@ -222,7 +240,10 @@ def test_reloader_validates_poll_interval(bundles) -> None:
 
 
 def test_serve_without_a_bundle_starts_from_the_registry_alias(
-    monkeypatch, tmp_path, config, bundles
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    config: RouterConfig,
+    bundles: dict[str, PolicyBundle],
 ) -> None:
     """``polyroute serve`` with a ``policy`` section and no --bundle: the alias's version serves
     from the start (the registry source is faked; the MLflow one is the lead's)."""
@@ -248,7 +269,12 @@ def test_serve_without_a_bundle_starts_from_the_registry_alias(
         gateway_app.app_from_env()
 
 
-def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundles) -> None:
+def test_follows_the_mlflow_registry_alias(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    config: RouterConfig,
+    bundles: dict[str, PolicyBundle],
+) -> None:
     """With the real registry source (training.model_registry, embedded SQLite store): moving
     ``@champion`` swaps the serving policy at the next poll, and a rollback swaps it back."""
     model_registry = pytest.importorskip("training.model_registry")
@@ -278,7 +304,7 @@ def test_follows_the_mlflow_registry_alias(tmp_path, monkeypatch, config, bundle
     assert sink.of("decision")[-1]["policy_version"] == bundles["1"].version
 
 
-def test_a_vanished_source_version_retires_the_arm(bundles) -> None:
+def test_a_vanished_source_version_retires_the_arm(bundles: dict[str, PolicyBundle]) -> None:
     from router.prometheus import GatewayMetrics
 
     source = DictSource(bundles, "1")
@@ -311,7 +337,9 @@ class PolicyReloaderProbe:
         return None
 
 
-def test_admin_routes_are_closed_with_tenants_and_no_admin_key(bundles) -> None:
+def test_admin_routes_are_closed_with_tenants_and_no_admin_key(
+    bundles: dict[str, PolicyBundle],
+) -> None:
     from pathlib import Path
 
     data = load_config(Path(__file__).parents[1] / EXAMPLE_CONFIG).model_dump()

@@ -108,7 +108,7 @@ def test_log_report_to_mlflow(small_evaluation: PolicyEvaluation, tmp_path: Path
         names = [a.path for a in client.list_artifacts(run.info.run_id, "evaluation")]
         assert names == ["evaluation/report.html"]
     finally:
-        mlflow.set_tracking_uri(None)
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # None resets it (stub: str|Path)
 
 
 def test_cli_evaluate_writes_the_report(

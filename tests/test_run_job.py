@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -57,9 +58,8 @@ def test_run_config_on_another_dataset_uses_its_models(tmp_path: Path) -> None:
     raw = load_config(EXAMPLE).model_dump()
     config = run_config(raw, data, "http://127.0.0.1:8100/v1", tmp_path)
     assert sorted(m.name for m in config.models) == sorted(keep)
-    assert config.models[0].usd_per_mtok_in == float(
-        models.set_index("model").at[config.models[0].name, "usd_per_mtok_in"]
-    )
+    price = models.set_index("model").at[config.models[0].name, "usd_per_mtok_in"]
+    assert config.models[0].usd_per_mtok_in == float(cast(float, price))
     assert config.fallback == ["gemini-1.5-flash-002"]
     assert config.profiles["open-weights-only"].models == ["Meta-Llama-3_1-8B-Instruct"]
 

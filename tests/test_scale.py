@@ -7,8 +7,9 @@ must be the ones ``learn_one`` builds, and the trained models must learn somethi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from router.events import read_events
 from router.events.join import join_events
 from router.events.models import (
     DecisionEvent,
+    Event,
     FeedbackEvent,
     OutcomeEvent,
     event_from_record,
@@ -215,7 +217,7 @@ def _edge_case_events() -> list[DecisionEvent | OutcomeEvent | FeedbackEvent]:
     ]
 
 
-def _write_jsonl(directory: Path, events: list) -> None:
+def _write_jsonl(directory: Path, events: Sequence[Event]) -> None:
     directory.mkdir(parents=True)
     lines = [json.dumps(event_to_record(e)) for e in events]
     half = len(lines) // 2  # two files: the join must find followers across files
@@ -267,16 +269,16 @@ def test_reward_model_beats_the_mean_on_held_out_rows(result: ScaleResult) -> No
     assert {"join", "reward_model", "vw", "total"} <= set(result.timings_s)
 
 
-def _learn_one_text(row: object) -> str:
+def _learn_one_text(row: Any) -> str:
     """What VWSquareCBPolicy.learn_one feeds VW for a joined row: the online formatter's text
     (router.policy.vw_text.example_lines), which the vectorised one must reproduce."""
     actions = [
         Action(model, np.asarray(features, dtype=float))
-        for model, features in zip(row.eligible_models, row.action_features, strict=True)  # type: ignore[attr-defined]
+        for model, features in zip(row.eligible_models, row.action_features, strict=True)
     ]
-    context = np.asarray(row.context_features)  # type: ignore[attr-defined]
-    chosen, probability = row.chosen_index, row.chosen_probability  # type: ignore[attr-defined]
-    return "\n".join(example_lines(context, actions, chosen, probability, row.reward))  # type: ignore[attr-defined]
+    context = np.asarray(row.context_features)
+    chosen, probability = row.chosen_index, row.chosen_probability
+    return "\n".join(example_lines(context, actions, chosen, probability, row.reward))
 
 
 def test_vw_examples_are_learn_ones(result: ScaleResult, reference: pd.DataFrame) -> None:
@@ -295,6 +297,7 @@ def test_streamed_vw_equals_learn_one(result: ScaleResult, reference: pd.DataFra
     vw_dir = result.joined_path.parent / "vw"
     learn_vw_stream(vw_dir, native, native=True)
     learn_vw_stream(vw_dir, python, native=False)
+    row: Any  # a row of itertuples: its fields are the frame's columns
     for row in reference[reference["learnable"] & reference["has_outcome"]].itertuples():
         actions = [
             Action(m, np.asarray(f))

@@ -25,18 +25,20 @@ import hashlib
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
-from fakes import Clock
+from fakes import Clock, ListSink
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from loopback import free_port
 from services import REDIS, require_tcp
-from test_gateway import EXAMPLE, FakeUpstream, ListSink
+from test_gateway import EXAMPLE, FakeUpstream
 
 from features.errors import BudgetExceededError, ConfigError, OverloadedError, TrafficStoreError
 from router.app import create_app
+from router.bundle import PolicyBundle
 from router.config import AdmissionConfig, RouterConfig, TrafficConfig, load_config
 from router.eligibility import BUDGET_RULE, EligibilityRules, RequestHints
 from router.pipeline import DecisionEngine
@@ -93,7 +95,9 @@ class Upstream(FakeUpstream):
         return httpx.Response(200, json={**response.json(), "usage": usage})
 
 
-def chat(key: str | None = None, model: str = "auto", max_tokens: int = MAX_OUT, **extra: Any):
+def chat(
+    key: str | None = None, model: str = "auto", max_tokens: int = MAX_OUT, **extra: Any
+) -> dict[str, Any]:
     """Keyword arguments of a chat POST as ``key``'s tenant."""
     headers = {"authorization": f"Bearer {key}"} if key else {}
     headers.update(extra.pop("headers", {}))
@@ -103,11 +107,13 @@ def chat(key: str | None = None, model: str = "auto", max_tokens: int = MAX_OUT,
 
 
 @pytest.fixture()
-def served(bundle) -> Iterator[Callable[..., Any]]:
+def served(bundle: PolicyBundle) -> Iterator[Callable[..., Any]]:
     """``served(config, upstream)``: a TestClient of a gateway (closed after the test)."""
     clients: list[TestClient] = []
 
-    def make(config: RouterConfig, upstream: Upstream | None = None, sink: Any = None):
+    def make(
+        config: RouterConfig, upstream: Upstream | None = None, sink: Any = None
+    ) -> TestClient:
         app = create_app(config, bundle, sink or ListSink(),
                          transport=httpx.MockTransport(upstream or Upstream()))  # fmt: skip
         client = TestClient(app)
@@ -122,7 +128,7 @@ def served(bundle) -> Iterator[Callable[..., Any]]:
 
 def budget_of(client: TestClient, name: str) -> tuple[int, int]:
     """(spent, reserved) nano-USD of tenant ``name`` today, read from its gateway's store."""
-    traffic = client.app.state.gateway.traffic  # type: ignore[attr-defined]
+    traffic = cast(FastAPI, client.app).state.gateway.traffic
     day, _ = traffic._budget_day()
     key = f"{traffic.config.traffic.key_prefix}:{{{name}}}:budget:{day}"
     taken = client.portal.call(traffic.store.take, [], key)  # type: ignore[union-attr]
@@ -165,7 +171,7 @@ Body = Callable[[TrafficStore, str], Awaitable[Any]]
 
 
 @pytest.fixture(params=["memory", "redis"])
-def with_store(request, redis_prefix) -> Callable[[Body], Any]:
+def with_store(request: pytest.FixtureRequest, redis_prefix: str) -> Callable[[Body], Any]:
     """``with_store(body)`` runs ``await body(store, prefix)`` on a started store."""
     url = redis_url() if request.param == "redis" else None
 
@@ -183,7 +189,7 @@ def with_store(request, redis_prefix) -> Callable[[Body], Any]:
     return run
 
 
-def test_store_rate_limits_are_exact(with_store) -> None:
+def test_store_rate_limits_are_exact(with_store: Callable[[Body], Any]) -> None:
     async def body(store: TrafficStore, prefix: str) -> None:
         # a token-weighted limit of 600 a minute (one token every 0.1 s), spent at once
         tokens = RateLimit(f"{prefix}:tpm", 60 / 600, 600)
@@ -203,7 +209,7 @@ def test_store_rate_limits_are_exact(with_store) -> None:
     with_store(body)
 
 
-def test_store_budget_reserve_and_settle_are_atomic(with_store) -> None:
+def test_store_budget_reserve_and_settle_are_atomic(with_store: Callable[[Body], Any]) -> None:
     async def body(store: TrafficStore, prefix: str) -> None:
         key = f"{prefix}:{{t}}:budget:2030-01-01"
         limit = 10 * 7_000
@@ -223,7 +229,7 @@ def test_store_budget_reserve_and_settle_are_atomic(with_store) -> None:
 
 
 # ---- eligibility: the budget rule ----------------------------------------------------------
-def test_budget_rule_removes_models_over_the_remaining_budget(bundle) -> None:
+def test_budget_rule_removes_models_over_the_remaining_budget(bundle: PolicyBundle) -> None:
     config = make_config([])
     rules = EligibilityRules(config)
     # maximum cost of 12 input + 88 output tokens: cheap 1e-4, mid 2e-4, pricey 1e-3 USD
@@ -242,7 +248,7 @@ def test_budget_rule_removes_models_over_the_remaining_budget(bundle) -> None:
 
 
 # ---- budgets through the gateway (in-memory store) ------------------------------------------
-def test_budget_steers_the_policy_to_models_it_can_pay_for(served) -> None:
+def test_budget_steers_the_policy_to_models_it_can_pay_for(served: Callable[..., Any]) -> None:
     sink = ListSink()
     client = served(make_config([tenant("t", budget_usd_per_day=5e-4)]), sink=sink)
     response = client.post(**chat("t"))
@@ -254,7 +260,7 @@ def test_budget_steers_the_policy_to_models_it_can_pay_for(served) -> None:
     assert budget_of(client, "t") == (round(100 * PRICES[chosen] * 1000), 0)  # settled
 
 
-def test_budget_settles_the_actual_cost_and_refuses_when_spent(served) -> None:
+def test_budget_settles_the_actual_cost_and_refuses_when_spent(served: Callable[..., Any]) -> None:
     upstream = Upstream(usage=(12, 10))  # the answer is shorter than max_tokens
     client = served(make_config([tenant("t", budget_usd_per_day=3.5e-4)]), upstream)
     for _ in range(3):
@@ -275,14 +281,14 @@ def test_budget_settles_the_actual_cost_and_refuses_when_spent(served) -> None:
     assert abs(int(refused.headers["retry-after"]) - midnight) < 5
     assert budget_of(client, "t") == (266_000, 0)
     # the next UTC day has a fresh budget
-    traffic = client.app.state.gateway.traffic  # type: ignore[attr-defined]
+    traffic = client.app.state.gateway.traffic
     traffic._clock = lambda: time.time() + 86_400
     assert client.post(**chat("t")).status_code == 200
     metrics = client.get("/metrics").text
     assert 'polyroute_budget_refused_total{tenant="t"} 3.0' in metrics
 
 
-def test_budget_is_released_when_the_call_fails(served) -> None:
+def test_budget_is_released_when_the_call_fails(served: Callable[..., Any]) -> None:
     upstream = Upstream()
     upstream.down = set(PRICES)
     client = served(make_config([tenant("t", budget_usd_per_day=1.0)]), upstream)
@@ -290,7 +296,7 @@ def test_budget_is_released_when_the_call_fails(served) -> None:
     assert budget_of(client, "t") == (0, 0)
 
 
-def test_budget_settles_a_streamed_answer_when_it_ends(served) -> None:
+def test_budget_settles_a_streamed_answer_when_it_ends(served: Callable[..., Any]) -> None:
     client = served(make_config([tenant("t", budget_usd_per_day=1.0)]), FakeUpstream())
     kwargs = chat("t", model=CHEAP, stream=True)
     with client.stream("POST", kwargs.pop("url"), **kwargs) as response:
@@ -301,7 +307,7 @@ def test_budget_settles_a_streamed_answer_when_it_ends(served) -> None:
     assert budget_of(client, "t") == (110_000, 0)
 
 
-def test_budget_refuses_a_named_model_it_cannot_pay_for(served) -> None:
+def test_budget_refuses_a_named_model_it_cannot_pay_for(served: Callable[..., Any]) -> None:
     client = served(make_config([tenant("t", budget_usd_per_day=5e-4)]))
     refused = client.post(**chat("t", model=PRICEY))
     assert refused.status_code == 429
@@ -336,7 +342,7 @@ def hold(
     return asyncio.run(run())
 
 
-def test_budget_reservations_stop_concurrent_overspend(bundle) -> None:
+def test_budget_reservations_stop_concurrent_overspend(bundle: PolicyBundle) -> None:
     config = make_config([tenant("t", budget_usd_per_day=3.5e-4)])
     upstream, sink = Upstream(), ListSink()
     app = create_app(config, bundle, sink, transport=httpx.MockTransport(upstream))
@@ -349,7 +355,7 @@ def test_budget_reservations_stop_concurrent_overspend(bundle) -> None:
 
 
 # ---- rate limits through the gateway -------------------------------------------------------
-def test_requests_per_minute_refuses_with_retry_after(served) -> None:
+def test_requests_per_minute_refuses_with_retry_after(served: Callable[..., Any]) -> None:
     client = served(make_config([tenant("a", requests_per_minute=3), tenant("b")]))
     assert [client.post(**chat("a")).status_code for _ in range(4)] == [200, 200, 200, 429]
     refused = client.post(**chat("a"))
@@ -364,7 +370,7 @@ def test_requests_per_minute_refuses_with_retry_after(served) -> None:
     assert 'polyroute_rate_limited_total{limit="requests_per_minute",tenant="a"} 2.0' in metrics
 
 
-def test_tokens_per_minute_counts_input_and_max_output(served) -> None:
+def test_tokens_per_minute_counts_input_and_max_output(served: Callable[..., Any]) -> None:
     client = served(make_config([tenant("a", tokens_per_minute=250)]))
     # 12 input + 88 max output: 100 tokens a request; 250 a minute
     assert [client.post(**chat("a")).status_code for _ in range(3)] == [200, 200, 429]
@@ -385,10 +391,10 @@ class ExplodingStore(MemoryStore):
         raise AssertionError("the store was used")
 
 
-def test_no_limits_means_no_work_on_the_request_path(served) -> None:
+def test_no_limits_means_no_work_on_the_request_path(served: Callable[..., Any]) -> None:
     config = make_config([tenant("a"), tenant("b", priority=9)])
     client = served(config)
-    gateway = client.app.state.gateway  # type: ignore[attr-defined]
+    gateway = client.app.state.gateway
     gateway.traffic.store = ExplodingStore()
     assert client.post(**chat("a")).status_code == 200
     assert gateway.traffic.limits_of(config.tenants[0]) is None
@@ -452,7 +458,7 @@ def test_only_priorities_from_queue_min_priority_wait() -> None:
     assert asyncio.run(run(4)) > 0.15  # priority 4 >= 4: waited
 
 
-def test_priorities_shed_the_lowest_first_and_hints_only_lower(bundle) -> None:
+def test_priorities_shed_the_lowest_first_and_hints_only_lower(bundle: PolicyBundle) -> None:
     config = make_config(
         [tenant("low", priority=2), tenant("high", priority=9)],
         max_in_flight=4,
@@ -479,7 +485,9 @@ def test_priorities_shed_the_lowest_first_and_hints_only_lower(bundle) -> None:
 
 
 # ---- Redis: selection, sharing, failures -----------------------------------------------------
-def test_redis_url_comes_from_the_named_variable(monkeypatch, bundle) -> None:
+def test_redis_url_comes_from_the_named_variable(
+    monkeypatch: pytest.MonkeyPatch, bundle: PolicyBundle
+) -> None:
     monkeypatch.delenv("MY_REDIS", raising=False)
     traffic = TrafficConfig(store="redis", redis_url_env="MY_REDIS")
     with pytest.raises(ConfigError, match="environment variable MY_REDIS is not set"):
@@ -492,7 +500,9 @@ def test_redis_url_comes_from_the_named_variable(monkeypatch, bundle) -> None:
     assert isinstance(build_store(TrafficConfig()), MemoryStore)
 
 
-def test_redis_store_shares_limits_between_gateways(monkeypatch, served, redis_prefix) -> None:
+def test_redis_store_shares_limits_between_gateways(
+    monkeypatch: pytest.MonkeyPatch, served: Callable[..., Any], redis_prefix: str
+) -> None:
     prefix = redis_prefix
     monkeypatch.setenv("POLYROUTE_REDIS_URL", redis_url())
     tenants = [tenant("a", requests_per_minute=3)]
@@ -512,7 +522,9 @@ def test_redis_store_shares_limits_between_gateways(monkeypatch, served, redis_p
     client.close()
 
 
-def test_redis_down_fails_rate_limits_open_and_budgets_closed(monkeypatch, served) -> None:
+def test_redis_down_fails_rate_limits_open_and_budgets_closed(
+    monkeypatch: pytest.MonkeyPatch, served: Callable[..., Any]
+) -> None:
     monkeypatch.setenv("POLYROUTE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # refused
     config = make_config(
         [tenant("rated", requests_per_minute=1), tenant("paying", budget_usd_per_day=1.0)],
@@ -553,7 +565,9 @@ def test_a_hung_redis_fails_after_timeout_ms() -> None:
     assert 0.09 < short < 0.5 and 0.55 < longer < 1.5
 
 
-def test_redis_budget_through_the_gateway(monkeypatch, served, redis_prefix) -> None:
+def test_redis_budget_through_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, served: Callable[..., Any], redis_prefix: str
+) -> None:
     monkeypatch.setenv("POLYROUTE_REDIS_URL", redis_url())
     traffic = {"store": "redis", "key_prefix": redis_prefix}
     config = make_config([tenant("t", budget_usd_per_day=2.5e-4)], traffic=traffic)

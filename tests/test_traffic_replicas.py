@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from loopback import free_port
 from services import REDIS, require_tcp
 from test_gateway import ProcessLog
 from test_traffic import PRICES, chat, make_config, tenant
+
+from router.bundle import PolicyBundle
 
 ROOT = Path(__file__).parents[1]
 BUDGET_USD = 0.001
@@ -45,7 +48,7 @@ def stop(process: subprocess.Popen[bytes], log: ProcessLog) -> None:
 
 
 @pytest.fixture()
-def replicas(tmp_path, bundle, redis_prefix) -> Iterator[list[str]]:
+def replicas(tmp_path: Path, bundle: PolicyBundle, redis_prefix: str) -> Iterator[list[str]]:
     """Base URLs of two gateways (separate processes) sharing Redis under ``prefix``."""
     require_tcp("Redis", *REDIS)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "POLYROUTE_REDIS_URL": "redis://127.0.0.1/0"}
@@ -81,7 +84,7 @@ def replicas(tmp_path, bundle, redis_prefix) -> Iterator[list[str]]:
             stop(process, log)
 
 
-def burst(urls: list[str], requests: list[dict]) -> list[httpx.Response]:
+def burst(urls: list[str], requests: list[dict[str, Any]]) -> list[httpx.Response]:
     """Send ``requests`` at once (8 at a time), alternating between the gateways."""
     clients = [httpx.Client(base_url=url, timeout=60) for url in urls]
     try:
@@ -94,7 +97,9 @@ def burst(urls: list[str], requests: list[dict]) -> list[httpx.Response]:
             client.close()
 
 
-def test_two_gateways_share_exact_limits_and_budgets(replicas, redis_prefix) -> None:
+def test_two_gateways_share_exact_limits_and_budgets(
+    replicas: list[str], redis_prefix: str
+) -> None:
     started = time.monotonic()
     rated = burst(replicas, [chat("rpm", max_tokens=2) for _ in range(2 * RPM)])
     took = time.monotonic() - started

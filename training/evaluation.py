@@ -65,7 +65,8 @@ def choose(q_hat: np.ndarray, c_hat: np.ndarray, lam: float, available: np.ndarr
     else:
         score = q_hat - lam * c_hat - 1e-9 * c_hat / (np.nanmax(c_hat) + 1e-300)
     score = np.where(available, score, -np.inf)
-    return np.argmax(score, axis=1)
+    chosen: np.ndarray = np.argmax(score, axis=1)
+    return chosen
 
 
 def operating_point(data: RoutingDataset, chosen: np.ndarray) -> tuple[float, float]:

@@ -87,32 +87,38 @@ def _dm(d: LoggedFeedback, lam: float) -> np.ndarray:
 
 
 def _ipw(d: LoggedFeedback, lam: float) -> np.ndarray:
-    return np.minimum(d.iw, lam) * d.reward
+    terms: np.ndarray = np.minimum(d.iw, lam) * d.reward
+    return terms
 
 
 def _snipw(d: LoggedFeedback, lam: float) -> np.ndarray:
     w = d.iw
-    return d.reward * w / w.mean()
+    terms: np.ndarray = d.reward * w / w.mean()
+    return terms
 
 
 def _dr(d: LoggedFeedback, lam: float) -> np.ndarray:
-    return d.q_pi + np.minimum(d.iw, lam) * (d.reward - d.q_logged)
+    terms: np.ndarray = d.q_pi + np.minimum(d.iw, lam) * (d.reward - d.q_logged)
+    return terms
 
 
 def _sndr(d: LoggedFeedback, lam: float) -> np.ndarray:
     w = d.iw
-    return d.q_pi + w * (d.reward - d.q_logged) / w.mean()
+    terms: np.ndarray = d.q_pi + w * (d.reward - d.q_logged) / w.mean()
+    return terms
 
 
 def _switch_dr(d: LoggedFeedback, lam: float) -> np.ndarray:
     w = d.iw
-    return d.q_pi + (w <= lam) * w * (d.reward - d.q_logged)
+    terms: np.ndarray = d.q_pi + (w <= lam) * w * (d.reward - d.q_logged)
+    return terms
 
 
 def _dros(d: LoggedFeedback, lam: float) -> np.ndarray:
     w = d.iw
     shrunk = w if np.isinf(lam) else lam * w / (w**2 + lam)
-    return d.q_pi + shrunk * (d.reward - d.q_logged)
+    terms: np.ndarray = d.q_pi + shrunk * (d.reward - d.q_logged)
+    return terms
 
 
 #: estimator name -> per-round terms ``f(data, λ)``; the estimate is their mean.

@@ -129,7 +129,8 @@ class Problem:
 def _softmax(scores: np.ndarray, eligible: np.ndarray, tau: float) -> np.ndarray:
     z = np.where(eligible, scores / tau, -np.inf)
     z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    pmf: np.ndarray = z / z.sum(axis=1, keepdims=True)
+    return pmf
 
 
 @dataclass
@@ -236,7 +237,8 @@ def _fit_predict(
     m = problem.rewards.shape[1]
     grid_rows, grid_actions = np.repeat(rows, m), np.tile(np.arange(m), len(rows))
     q = model.predict(_design(problem, grid_rows, grid_actions, kind)).reshape(len(rows), m)
-    return np.clip(q, *problem.reward_range)
+    q_hat: np.ndarray = np.clip(q, *problem.reward_range)
+    return q_hat
 
 
 def cross_fit(

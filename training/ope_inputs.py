@@ -31,12 +31,14 @@ class LoggedFeedback:
     def q_pi(self) -> np.ndarray:
         """``q̂(x_i, π_e)`` as OBP computes it (``np.average`` weighted by ``π_e``), shape (n,)."""
         q = self._q()
-        return (q * self.action_dist).sum(axis=1) / self.action_dist.sum(axis=1)
+        q_pi: np.ndarray = (q * self.action_dist).sum(axis=1) / self.action_dist.sum(axis=1)
+        return q_pi
 
     @property
     def q_logged(self) -> np.ndarray:
         """``q̂(x_i, a_i)``, shape (n,)."""
-        return self._q()[np.arange(len(self.action)), self.action]
+        q_logged: np.ndarray = self._q()[np.arange(len(self.action)), self.action]
+        return q_logged
 
     def _q(self) -> np.ndarray:
         if self.estimated_rewards is None:
@@ -142,7 +144,8 @@ def importance_weights(
 ) -> np.ndarray:
     """``w_i = π_e(a_i | x_i) / pscore_i``, shape (n,); ``action_dist`` (n, K) or (n, K, 1)."""
     pi = as_2d("action_dist", action_dist)
-    return pi[np.arange(len(action)), action] / np.asarray(pscore, dtype=float)
+    weights: np.ndarray = pi[np.arange(len(action)), action] / np.asarray(pscore, dtype=float)
+    return weights
 
 
 def check_logging_pmf(logging_pmf: Any, data: LoggedFeedback) -> np.ndarray:

@@ -144,7 +144,7 @@ def gate(
 
 def best_fixed(evaluation: Any, estimator: str = "dr") -> str | None:
     """The ``fixed:<model>`` baseline of highest estimated reward (None without any)."""
-    names = [p for p in evaluation.diagnostics if str(p).startswith("fixed:")]
+    names: list[str] = [p for p in evaluation.diagnostics if str(p).startswith("fixed:")]
     if not names:
         return None
     table = evaluation.table("reward")

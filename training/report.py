@@ -78,7 +78,9 @@ def _color(
 
 
 def _point_estimator(evaluation: PolicyEvaluation, preferred: str) -> str:
-    available = list(dict.fromkeys(evaluation.estimates.index.get_level_values("estimator")))
+    available: list[str] = list(
+        dict.fromkeys(evaluation.estimates.index.get_level_values("estimator"))
+    )
     for e in (preferred, "dr", "snipw", "ipw"):
         if e in available:
             return e

@@ -149,7 +149,8 @@ class ActionCatalogue:
         """Predicted latency in ms; pass ``output_tokens`` when already predicted."""
         if output_tokens is None:
             output_tokens = self.expected_output_tokens(contexts)
-        return self._ttft + output_tokens / self._speed * 1000.0
+        latency: np.ndarray = self._ttft + output_tokens / self._speed * 1000.0
+        return latency
 
     def actions(
         self, context: np.ndarray, input_tokens: float, models: Sequence[str] | None = None

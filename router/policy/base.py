@@ -124,7 +124,8 @@ class Policy(ABC):
         total = pmf.sum()
         if abs(total - 1.0) > 1e-3:
             raise PolicyError(f"{self.name}: pmf sums to {total}, expected 1")
-        return pmf / total
+        normalised: np.ndarray = pmf / total
+        return normalised
 
     def learn_one(
         self,

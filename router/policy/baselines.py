@@ -128,7 +128,8 @@ class KNNPolicy(Policy):
         neighbours = self.quality_[idx]  # (n, k, n_models)
         counts = np.isfinite(neighbours).sum(axis=1)
         sums = np.nansum(neighbours, axis=1)
-        return np.where(counts > 0, sums / np.maximum(counts, 1), self.prior_)
+        quality: np.ndarray = np.where(counts > 0, sums / np.maximum(counts, 1), self.prior_)
+        return quality
 
     def _predict_one(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         q_all = self.predict_quality(context[None, :])[0]

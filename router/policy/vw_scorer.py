@@ -150,7 +150,8 @@ def vw_text_values(values: np.ndarray) -> np.ndarray | None:
     if slow is not None:
         for i in np.flatnonzero(slow).tolist():
             parsed[i] = vw_text_value(float(values[i]))
-    return parsed.astype(np.float32, copy=False)
+    text_values: np.ndarray = parsed.astype(np.float32, copy=False)
+    return text_values
 
 
 class _Columns:
@@ -324,7 +325,8 @@ class ExactScorer:
         np.multiply(x[:, None, None], values[None, :, :], out=inter)
         inter *= weights
         # a sequential float32 sum down the rows: the order in which VW adds the terms
-        return np.add.reduce(terms, axis=0)
+        scores: np.ndarray = np.add.reduce(terms, axis=0)
+        return scores
 
     def pmf(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray | None:
         scores = self.scores(context, actions)

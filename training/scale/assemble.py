@@ -80,7 +80,8 @@ def assemble_rows(
     def spec_column(name: str) -> np.ndarray:
         if reward is not None:
             return np.full(n, getattr(reward, name))
-        return table[name].to_numpy()
+        column: np.ndarray = table[name].to_numpy()
+        return column
 
     quality = aggregated["quality"].to_numpy(float)
     cost = aggregated["cost_usd"].to_numpy(float)

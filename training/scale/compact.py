@@ -8,9 +8,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import dask
 import pyarrow as pa
 import pyarrow.parquet as pq
+from dask.base import compute
+from dask.delayed import delayed
 
 from features.errors import DatasetError
 from router.events.codec import RecordReader
@@ -50,9 +51,9 @@ def compact_events(jsonl_dir: str | Path, out: str | Path) -> dict[str, int]:
     root = Path(out)
     for kind in PARQUET_KINDS:
         (root / kind).mkdir(parents=True, exist_ok=True)
-    tasks = [dask.delayed(_compact_file)(str(p), i, str(root)) for i, p in enumerate(files)]
+    tasks = [delayed(_compact_file)(str(p), i, str(root)) for i, p in enumerate(files)]
     totals: dict[str, int] = {}
-    for counts in dask.compute(*tasks):
+    for counts in compute(*tasks):
         for key, value in counts.items():
             totals[key] = totals.get(key, 0) + value
     return totals

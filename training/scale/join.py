@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from dask.base import compute
+from dask.delayed import delayed
 
 from features.errors import DatasetError
 from router.policy.base import RewardSpec
@@ -219,7 +220,7 @@ def join_at_scale(
     follower_files = kind_files(root, "outcomes") + kind_files(root, "feedback")
     n_features, n_action, spec = _shape_of(decision_files)
     if models is None:
-        found = dask.compute(*[dask.delayed(_models_in)(str(p)) for p in decision_files])
+        found = compute(*[delayed(_models_in)(str(p)) for p in decision_files])
         models = sorted(set().union(*found))
     models = list(models)
     n_parts = len(decision_files)
@@ -275,7 +276,7 @@ def join_at_scale(
         name_function=part_name,
         overwrite=False,
     )
-    _, counts_parts = dask.compute(write, counts_frame)
+    _, counts_parts = compute(write, counts_frame)
     counts = {k: int(v) for k, v in counts_parts.sum().items()}
     counts.update(joined_counts(out / "rows"))
     feature_columns = [c for c in meta.columns if c[:2] in ("c_", "m_", "a_")]

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from dask.base import compute
+from dask.delayed import delayed
 
 from features.errors import DatasetError
 from training.scale.config import ScaleConfig
@@ -52,7 +53,7 @@ def train_reward_model(
     )
     estimator.fit(train[columns], train["reward"])
     model = estimator.to_local()
-    sums = dask.compute(*[dask.delayed(_reward_sum)(path) for path in files])
+    sums = compute(*[delayed(_reward_sum)(path) for path in files])
     n_train = sum(n for n, _ in sums)
     mean = sum(total for _, total in sums) / max(n_train, 1)
     scored = (
@@ -85,7 +86,7 @@ def _reward_sum(path: str) -> tuple[int, float]:
 def _read_rows(path: str, features: list[str], held_out: bool) -> pd.DataFrame:
     # the argument is not called ``columns``: from_map would take that for a projection
     table = pq.read_table(path, columns=[*features, "reward", "holdout"])
-    frame = table.to_pandas()
+    frame: pd.DataFrame = table.to_pandas()
     keep = frame["reward"].notna() & (frame["holdout"] == held_out)
     return frame.loc[keep, [*features, "reward"]].reset_index(drop=True)
 
