@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,8 @@ from router.policy.quality import QualitySquareCBPolicy, igw_pmf
 from training.datasets import RoutingDataset
 from training.evaluation import Reference
 from training.simulate import quality_policy_curve, replay_rounds, true_rewards
+
+Fitted = tuple[RequestFeaturizer, ActionCatalogue, np.ndarray]
 
 
 def test_igw_pmf_is_squarecb_with_a_floor() -> None:
@@ -40,7 +44,7 @@ def test_invalid_parameters_are_refused() -> None:
         QualitySquareCBPolicy(min_outcomes=-1)
 
 
-def test_linear_form_reproduces_the_predictor(small: RoutingDataset, fitted) -> None:
+def test_linear_form_reproduces_the_predictor(small: RoutingDataset, fitted: Fitted) -> None:
     _featurizer, catalogue, x = fitted
     train = small.split("train")
     predictor = QualityPredictor("logistic", C=0.3).fit(x, catalogue.names, train.quality)
@@ -54,7 +58,7 @@ def test_linear_form_reproduces_the_predictor(small: RoutingDataset, fitted) -> 
     )
 
 
-def test_residuals_move_a_model_whose_reward_drifted(fitted) -> None:
+def test_residuals_move_a_model_whose_reward_drifted(fitted: Fitted) -> None:
     """Bandit feedback corrects the prior: a model the prior rates best but that keeps
     scoring 0 loses its place."""
     _featurizer, catalogue, x = fitted
@@ -71,7 +75,11 @@ def test_residuals_move_a_model_whose_reward_drifted(fitted) -> None:
 
 
 def _served_reward(
-    policy: QualitySquareCBPolicy, test: RoutingDataset, xt, catalogue, spec
+    policy: QualitySquareCBPolicy,
+    test: RoutingDataset,
+    xt: np.ndarray,
+    catalogue: ActionCatalogue,
+    spec: RewardSpec,
 ) -> float:
     rewards = true_rewards(test, spec)
     cost = catalogue.expected_cost(xt, test.input_tokens)
@@ -142,7 +150,7 @@ def test_the_command_line_default_is_the_registry_default() -> None:
     assert DEFAULT_POLICY == REGISTRY_DEFAULT == QualitySquareCBPolicy.name
 
 
-def test_save_and_load_keep_prior_and_residuals(fitted, tmp_path) -> None:
+def test_save_and_load_keep_prior_and_residuals(fitted: Fitted, tmp_path: Path) -> None:
     _featurizer, catalogue, x = fitted
     quality = np.random.default_rng(0).random((len(x), len(catalogue.names)))
     policy = QualitySquareCBPolicy(
@@ -160,7 +168,7 @@ def test_save_and_load_keep_prior_and_residuals(fitted, tmp_path) -> None:
         Policy.load(tmp_path / "p")
 
 
-def test_cold_policy_explores_every_model_until_it_has_enough_outcomes(fitted) -> None:
+def test_cold_policy_explores_every_model_until_it_has_enough_outcomes(fitted: Fitted) -> None:
     """No data: uniform. Once a model has ``min_outcomes`` outcomes it loses its 1/K floor and
     the trade-off decides; without the rule (``min_outcomes=0``) cost decides from the start."""
     _featurizer, catalogue, x = fitted

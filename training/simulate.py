@@ -185,7 +185,7 @@ def quality_policy_curve(
     The policy's quality model does not depend on the trade-off, so one learned policy gives the
     whole curve (a profile's weights apply at decision time)."""
     names = data.model_names
-    base = policy.quality(contexts, names) + policy.residuals(names)[None, :]
+    base = policy.quality(contexts, names) + policy.adjustments(names)[None, :]
     gamma = policy.gamma()
     unexplored = policy.unexplored(names)
     curve: Curve = []

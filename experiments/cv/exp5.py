@@ -23,7 +23,7 @@ for k, (a, b) in enumerate(KFold(folds, shuffle=True, random_state=0).split(np.a
     ref = Reference.of(tr); scale = ref.c_hi
     spec = RewardSpec(w_cost=lam, cost_scale=scale)
     lab = np.random.default_rng(1).random(tr.n_prompts) < share if share > 0 else None
-    out = replay_rounds(lambda: QualitySquareCBPolicy(reward=spec, gamma_scale=gs, min_outcomes=int(os.environ.get("MINOUT", "20"))), tr, xtr, cat,
+    out = replay_rounds(lambda: QualitySquareCBPolicy(reward=spec, gamma_scale=gs, min_outcomes=int(os.environ.get("MINOUT", "0")), estimator=os.environ.get("ESTIMATOR", "logistic_cv"), optimism=float(os.environ.get("OPTIMISM", "0"))), tr, xtr, cat,
                         cat.expected_cost(xtr, tr.input_tokens), cat.expected_latency(xtr), labelled=lab, rounds=rounds)
     curve = quality_policy_curve(out.policy, va, xva, cat.expected_cost(xva, va.input_tokens), scale, lambda_grid(40))
     rv = Reference.of(va)
@@ -31,4 +31,4 @@ for k, (a, b) in enumerate(KFold(folds, shuffle=True, random_state=0).split(np.a
     res.append((s, z, out.trace.reward.mean()))
     print(f"  fold {k}: aiq {s:.4f} zero {z:.4f} (+{s-z:.4f}) replay mean reward {out.trace.reward.mean():.4f} {time.time()-t0:.0f}s", flush=True)
 r = np.array(res)
-print(f"{name} share={share} gamma_scale={gs} rounds={rounds} lam={lam}: cv aiq {r[:,0].mean():.4f} zero {r[:,1].mean():.4f} (+{(r[:,0]-r[:,1]).mean():.4f}) mean replay reward {r[:,2].mean():.4f}")
+print(f"{name} est={os.environ.get('ESTIMATOR')} optimism={os.environ.get('OPTIMISM')} share={share} gamma_scale={gs} rounds={rounds} lam={lam}: cv aiq {r[:,0].mean():.4f} zero {r[:,1].mean():.4f} (+{(r[:,0]-r[:,1]).mean():.4f}) mean replay reward {r[:,2].mean():.4f}")

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 
-ESTIMATORS = ("logistic_cv", "logistic", "lgbm")
+if TYPE_CHECKING:
+    from router.policy.pooled import PooledLogistic
+
+ESTIMATORS = ("logistic_cv", "logistic", "lgbm", "pooled")
 CV_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 MIN_SAMPLES = 20  # fewer known outcomes of a model: its (shrunk) mean is its prediction
 PRIOR_WEIGHT = 5.0  # pseudo-outcomes at the overall mean behind each model's mean
@@ -43,10 +46,13 @@ class QualityPredictor:
 
     Parameters
     ----------
-    estimator : {"logistic_cv", "logistic", "lgbm"}
+    estimator : {"logistic_cv", "logistic", "lgbm", "pooled"}
         ``logistic_cv`` (default) chooses each model's regularisation by 3-fold cross-validated
         log-loss on the training data (``LogisticRegressionCV`` over :data:`CV_GRID`), so
-        nothing is tuned by hand to a dataset.
+        nothing is tuned by hand to a dataset. ``pooled``: one hierarchical logistic model
+        whose models share a direction and depart from it
+        (:class:`router.policy.pooled.PooledLogistic`; penalties by cross-validation), for
+        sparse bandit logs over many models.
     C : float
         Inverse regularisation of ``logistic``.
     seed : int
@@ -103,6 +109,15 @@ class QualityPredictor:
         self.estimators_: list[Any] = []
         self.prior_ = np.zeros(len(models))
         overall = float(np.nanmean(quality)) if np.isfinite(quality).any() else 0.5
+        self.index_ = {m: j for j, m in enumerate(self.models_)}
+        if self.estimator == "pooled":
+            from router.policy.pooled import PooledLogistic
+
+            known = np.isfinite(quality)
+            total = np.where(known, quality, 0.0).sum(axis=0)
+            self.prior_ = (total + PRIOR_WEIGHT * overall) / (known.sum(axis=0) + PRIOR_WEIGHT)
+            self.pooled_: PooledLogistic = PooledLogistic(seed=self.seed).fit(contexts, quality)
+            return self
         for j in range(len(models)):
             known = np.isfinite(quality[:, j])
             q = quality[known, j]
@@ -130,6 +145,8 @@ class QualityPredictor:
         scikit-learn call per model (each costs tens of microseconds of input validation)."""
         if not hasattr(self, "estimators_") or self.estimator == "lgbm":
             return None
+        if self.estimator == "pooled":
+            return self.pooled_.linear_form()
         n_features = next((len(e[0].mean_) for e in self.estimators_ if e is not None), None)
         if n_features is None:
             return None
@@ -150,6 +167,8 @@ class QualityPredictor:
         """Predicted quality, shape ``(n, n_models)``."""
         if not hasattr(self, "estimators_"):
             raise PolicyError("QualityPredictor is not fitted")
+        if self.estimator == "pooled":
+            return self.pooled_.predict(contexts)
         out = np.tile(self.prior_, (len(contexts), 1))
         for j, est in enumerate(self.estimators_):
             if est is not None:

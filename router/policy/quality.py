@@ -62,7 +62,7 @@ def igw_pmf(
     if k == 1:
         return np.ones(1)
     best = int(np.argmax(rewards))
-    p = 1.0 / (k + gamma * (rewards[best] - rewards))
+    p: np.ndarray = 1.0 / (k + gamma * (rewards[best] - rewards))
     p[best] = 0.0
     p[best] = 1.0 - p.sum()
     floor = np.full(k, epsilon / k)
@@ -96,7 +96,12 @@ class QualitySquareCBPolicy(Policy):
         :class:`~router.policy.direct.QualityPredictor`, enough to fit it); a warm-started
         policy is unaffected. Off by default: in train-split cross-validation of a cold start
         with 29 models it lost (experiments/results/routing_value.md).
-    estimator, C : the prior quality predictor (see ``QualityPredictor``).
+    optimism : float
+        Weight of :meth:`bonus`, an optimistic bonus ``0.5 / sqrt(n_m + 1)`` on a model with
+        ``n_m`` known outcomes, so that a cold start does not lock out a model after a few
+        unlucky draws (experiments/results/routing_value.md). 0 (default) turns it off.
+    estimator, C : the prior quality predictor (see ``QualityPredictor``; ``"pooled"`` for a
+        hierarchical model that shares strength across models).
     """
 
     name = "squarecb_quality"
@@ -112,6 +117,7 @@ class QualitySquareCBPolicy(Policy):
         gamma_exponent: float = 0.5,
         kappa: float = 20.0,
         min_outcomes: int = 0,
+        optimism: float = 0.0,
         estimator: str = "logistic_cv",
         C: float = 0.1,
     ) -> None:
@@ -126,11 +132,14 @@ class QualitySquareCBPolicy(Policy):
             raise PolicyError(f"kappa must be > 0, got {kappa}")
         if min_outcomes < 0:
             raise PolicyError(f"min_outcomes must be >= 0, got {min_outcomes}")
+        if not optimism >= 0:
+            raise PolicyError(f"optimism must be >= 0, got {optimism}")
         self.epsilon = epsilon
         self.gamma_scale = gamma_scale
         self.gamma_exponent = gamma_exponent
         self.kappa = kappa
         self.min_outcomes = min_outcomes
+        self.optimism = optimism
         self.estimator = estimator
         self.C = C
         self._predictor: QualityPredictor | None = None
@@ -180,6 +189,7 @@ class QualitySquareCBPolicy(Policy):
             "gamma_exponent": self.gamma_exponent,
             "kappa": self.kappa,
             "min_outcomes": self.min_outcomes,
+            "optimism": self.optimism,
             "estimator": self.estimator,
             "C": self.C,
         }
@@ -223,7 +233,7 @@ class QualitySquareCBPolicy(Policy):
             return np.full((len(contexts), len(models)), 0.5)
         if self._linear is not None:
             w, b = self._linear
-            q_all = 1.0 / (1.0 + np.exp(-(contexts @ w + b)))
+            q_all: np.ndarray = 1.0 / (1.0 + np.exp(-(contexts @ w + b)))
         else:
             predictor = self.predictor
             assert predictor is not None  # a prior without a linear form keeps its predictor
@@ -243,9 +253,32 @@ class QualitySquareCBPolicy(Policy):
             ]
         )
 
+    def bonus(self, models: Sequence[str]) -> np.ndarray:
+        """Optimism under uncertainty: ``optimism * 0.5 / sqrt(n_m + 1)`` for a model with
+        ``n_m`` known outcomes (behind the prior plus learned), the width of a Bernoulli mean's
+        standard error at its widest. A model the log rarely chose keeps a bonus until its
+        outcomes say it is worse, instead of being locked out by a prior guess (0 when
+        ``optimism`` is 0; equal counts shift every model alike)."""
+        if self.optimism == 0.0:
+            return np.zeros(len(models))
+        counts, learned = self.prior_counts_, self.residual_count_
+        n = np.array([counts.get(m, 0) + learned.get(m, 0) for m in models], dtype=float)
+        return self.optimism * 0.5 / np.sqrt(n + 1.0)
+
+    def adjustments(self, models: Sequence[str]) -> np.ndarray:
+        """What deciding adds to each model's prior reward: learned residual plus bonus."""
+        out = self.residuals(models)
+        if self.optimism != 0.0:
+            out = out + self.bonus(models)
+        return out
+
     def _rewards(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
-        """The prior's predicted reward of each action plus its model's learned residual."""
-        return self._prior_rewards(context, actions) + self.residuals([a.model for a in actions])
+        """The prior's predicted reward of each action plus its model's learned residual (and
+        optimism bonus)."""
+        rewards: np.ndarray = self._prior_rewards(context, actions) + self.adjustments(
+            [a.model for a in actions]
+        )
+        return rewards
 
     def _prior_rewards(self, context: np.ndarray, actions: Sequence[Action]) -> np.ndarray:
         q = self.quality(context[None, :], [a.model for a in actions])[0]
@@ -253,7 +286,7 @@ class QualitySquareCBPolicy(Policy):
 
     def gamma(self) -> float:
         t = self.n_prior_ + sum(self.residual_count_.values())
-        return self.gamma_scale * max(t, 1) ** self.gamma_exponent
+        return float(self.gamma_scale * max(t, 1) ** self.gamma_exponent)
 
     def unexplored(self, models: Sequence[str]) -> np.ndarray | None:
         """Which of ``models`` have fewer than ``min_outcomes`` known outcomes (None: none)."""
