@@ -63,6 +63,27 @@ def test_a_failed_compression_keeps_the_plain_file(
     assert len(list(read_events(directory))) > 20
 
 
+def test_compress_file_leaves_no_partial_file_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zstandard
+
+    directory = _write(_log(5), tmp_path / "log", "compact")
+    (plain,) = event_files(directory)
+
+    class Failing:
+        def __init__(self, level: int) -> None:
+            pass
+
+        def copy_stream(self, src: object, dst: object) -> None:
+            raise zstandard.ZstdError("boom")
+
+    monkeypatch.setattr(zstandard, "ZstdCompressor", Failing)
+    with pytest.raises(zstandard.ZstdError):
+        file_sink.compress_file(plain)
+    assert sorted(p.name for p in directory.iterdir()) == [plain.name]
+
+
 def test_a_corrupt_compressed_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "events-20261207T000000Z-000001.jsonl.zst"
     bad.write_bytes(b"not zstd at all")

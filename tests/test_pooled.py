@@ -102,3 +102,8 @@ def test_optimism_favours_the_model_with_few_outcomes() -> None:
 def test_optimism_is_validated() -> None:
     with pytest.raises(PolicyError, match="optimism"):
         QualitySquareCBPolicy(optimism=-1.0)
+
+
+def test_pooled_penalties_are_validated() -> None:
+    with pytest.raises(PolicyError, match="lam0"):
+        PooledLogistic(lam=1.0, lam0=0.0)

@@ -83,8 +83,8 @@ class FileEventSink(BackgroundEventWriter):
     compress : {"none", "zstd"}
         Compress each finished file to ``.jsonl.zst`` (module docstring).
     zstd_level : int
-        zstandard's level (1-22; 3, its default, compresses event files about 5-10x at a
-        few hundred MB/s).
+        zstandard's level, 1-22 (3 is zstandard's own default; sizes measured in
+        experiments/results/events.md).
     """
 
     def __init__(
@@ -207,7 +207,7 @@ class FileEventSink(BackgroundEventWriter):
             return
         try:
             compressed = compress_file(path, self.zstd_level, sync=self.fsync != "never")
-        except OSError:
+        except Exception:  # OSError or zstandard's ZstdError: the writer must keep writing
             logger.exception("could not compress %s: the plain file is kept", path)
             return
         self.files_written[self.files_written.index(path)] = compressed
@@ -220,12 +220,15 @@ def compress_file(path: Path, level: int = 3, sync: bool = True) -> Path:
 
     target = path.with_name(path.name + ZSTD_SUFFIX)
     partial = path.with_name(path.name + ZSTD_SUFFIX + ".tmp")
-    with open(path, "rb") as src, open(partial, "wb") as dst:
-        zstandard.ZstdCompressor(level=level).copy_stream(src, dst)
-        dst.flush()
-        if sync:
-            os.fsync(dst.fileno())
-    os.replace(partial, target)
+    try:
+        with open(path, "rb") as src, open(partial, "wb") as dst:
+            zstandard.ZstdCompressor(level=level).copy_stream(src, dst)
+            dst.flush()
+            if sync:
+                os.fsync(dst.fileno())
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed attempt leaves no half-written file
     path.unlink()
     return target
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from features.errors import PolicyError
+
 LAMBDA_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-model departures, lam
 SHARED_RATIO = (0.03, 0.3)  # lam0 = ratio * lam: the shared part is always penalised less
 CV_FOLDS = 3
@@ -47,6 +49,9 @@ class PooledLogistic:
     """
 
     def __init__(self, lam: float | None = None, lam0: float | None = None, seed: int = 0) -> None:
+        for name, value in (("lam", lam), ("lam0", lam0)):
+            if value is not None and not value > 0:
+                raise PolicyError(f"{name} must be > 0, got {value}")
         self.lam = lam
         self.lam0 = lam0
         self.seed = seed
