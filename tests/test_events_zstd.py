@@ -41,12 +41,11 @@ def test_a_crash_between_compressing_and_removing_reads_each_event_once(tmp_path
     directory = _write(_log(20), tmp_path / "log", "compact")
     (plain,) = event_files(directory)
     kept = plain.read_bytes()
+    n_events = len(list(read_events(directory)))
     packed = file_sink.compress_file(plain)
     plain.write_bytes(kept)  # as if the process died before unlinking it
     assert event_files(directory) == [packed]
-    assert len(list(read_events(directory))) == len(
-        list(read_events(_write(_log(20), tmp_path / "ref", "compact")))
-    )
+    assert len(list(read_events(directory))) == n_events > 20
 
 
 def test_a_failed_compression_keeps_the_plain_file(

@@ -210,7 +210,7 @@ class FileEventSink(BackgroundEventWriter):
         except Exception:  # OSError or zstandard's ZstdError: the writer must keep writing
             logger.exception("could not compress %s: the plain file is kept", path)
             return
-        self.files_written[self.files_written.index(path)] = compressed
+        self.files_written[-1] = compressed  # finished before the next file is opened
 
 
 def compress_file(path: Path, level: int = 3, sync: bool = True) -> Path:
@@ -264,6 +264,15 @@ def read_event_bytes(path: str | Path) -> bytes:
             raise DatasetError(f"{path}: not a readable zstd file: {exc}") from exc
 
 
+def event_lines(path: str | Path) -> list[bytes]:
+    """The lines of an event file (plain or ``.zst``), without the empty piece after the final
+    newline of a file written completely (a torn file's last line stays, for the caller)."""
+    lines = read_event_bytes(path).split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
 def read_events(directory: str | Path) -> Iterator[Event]:
     """Yield every event of every file in ``directory``, in write order (format 1 or 2 lines of
     :mod:`router.events.codec`; decisions of format 2 come back with their probabilities and
@@ -278,10 +287,7 @@ def read_events(directory: str | Path) -> Iterator[Event]:
         named by file and line number.
     """
     for path in event_files(directory):
-        lines = read_event_bytes(path).split(b"\n")
-        # a file written completely ends with "\n", so the final split piece is empty
-        if lines and lines[-1] == b"":
-            lines.pop()
+        lines = event_lines(path)
         reader = RecordReader()
         for number, raw in enumerate(lines, start=1):
             if not raw.strip():

@@ -32,6 +32,17 @@ MIN_SAMPLES = 20  # fewer known outcomes of a model: its (shrunk) mean is its pr
 PRIOR_WEIGHT = 5.0  # pseudo-outcomes at the overall mean behind each model's mean
 
 
+def shrunk_means(quality: np.ndarray, weight: float = PRIOR_WEIGHT) -> np.ndarray:
+    """Each column's mean of its known (finite) values, shrunk towards the overall mean by
+    ``weight`` pseudo-outcomes: a model seen a few times (bandit logs) stays near the overall
+    mean; 0.5 overall when nothing is known."""
+    known = np.isfinite(quality)
+    overall = float(quality[known].mean()) if known.any() else 0.5
+    total = np.where(known, quality, 0.0).sum(axis=0)
+    means: np.ndarray = (total + weight * overall) / (known.sum(axis=0) + weight)
+    return means
+
+
 def _soft_labels(x: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows duplicated as (label 1, weight q) and (label 0, weight 1 - q); zero weights dropped."""
     xx = np.vstack([x, x])
@@ -106,23 +117,17 @@ class QualityPredictor:
     ) -> QualityPredictor:
         """``quality`` shape (n, len(models)), NaN where unknown."""
         self.models_ = list(models)
-        self.estimators_: list[Any] = []
-        self.prior_ = np.zeros(len(models))
-        overall = float(np.nanmean(quality)) if np.isfinite(quality).any() else 0.5
         self.index_ = {m: j for j, m in enumerate(self.models_)}
+        self.estimators_: list[Any] = []
+        self.prior_ = shrunk_means(quality)
         if self.estimator == "pooled":
             from router.policy.pooled import PooledLogistic
 
-            known = np.isfinite(quality)
-            total = np.where(known, quality, 0.0).sum(axis=0)
-            self.prior_ = (total + PRIOR_WEIGHT * overall) / (known.sum(axis=0) + PRIOR_WEIGHT)
             self.pooled_: PooledLogistic = PooledLogistic(seed=self.seed).fit(contexts, quality)
             return self
         for j in range(len(models)):
             known = np.isfinite(quality[:, j])
             q = quality[known, j]
-            # a model seen a few times (bandit logs) is shrunk towards the overall mean
-            self.prior_[j] = (float(q.sum()) + PRIOR_WEIGHT * overall) / (q.size + PRIOR_WEIGHT)
             if q.size < MIN_SAMPLES or min(q.sum(), (1.0 - q).sum()) < 3:
                 self.estimators_.append(None)  # constant: the prior is the prediction
                 continue
@@ -135,7 +140,6 @@ class QualityPredictor:
             else:
                 est.fit(x, y, sample_weight=w)
             self.estimators_.append(est)
-        self.index_ = {m: j for j, m in enumerate(self.models_)}
         return self
 
     def linear_form(self) -> tuple[np.ndarray, np.ndarray] | None:

@@ -12,7 +12,7 @@ inf``. Known outcomes only (NaN: unknown); scores in [0, 1] are soft labels (cro
 Why not scikit-learn: the same model is a single ``LogisticRegression`` over ``[x, one-hot(m),
 x (x) one-hot(m)]`` with the shared block scaled, but that design matrix has ``d * (K + 1)``
 columns and one row per known (prompt, model) pair, and scikit-learn cannot penalise the blocks
-differently without rescaling them; the structured objective below is 20 lines of numpy with an
+differently without rescaling them; the structured objective below is a short numpy function with an
 exact gradient, minimised by SciPy's L-BFGS (imported in ``fit``: serving uses ``linear_form``).
 
 The two penalties are chosen by K-fold cross-validated log-loss over the known outcomes, with the
@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from features.errors import PolicyError
+from router.policy.direct import shrunk_means
 
 LAMBDA_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-model departures, lam
 SHARED_RATIO = (0.03, 0.3)  # lam0 = ratio * lam: the shared part is always penalised less
@@ -132,9 +133,7 @@ class PooledLogistic:
         k = quality.shape[1]
         # each model's level starts at the logit of its (shrunk) mean: a model with no known
         # outcome has no gradient on b_m and stays there
-        overall = float(y[known].mean()) if known.any() else 0.5
-        means = (y.sum(axis=0) + 5.0 * overall) / (known.sum(axis=0) + 5.0)
-        means = np.clip(means, 1e-3, 1 - 1e-3)
+        means = np.clip(shrunk_means(quality), 1e-3, 1 - 1e-3)
         b_init = np.log(means / (1 - means))
         if self.lam is None or self.lam0 is None:
             self.lam_, self.lam0_, self.cv_scores_ = self._select(xs, y, known, b_init)

@@ -15,7 +15,7 @@ from dask.delayed import delayed
 
 from features.errors import DatasetError
 from router.events.codec import RecordReader
-from router.events.file_sink import event_files, read_event_bytes
+from router.events.file_sink import event_files, event_lines
 from router.events.models import RewardSpecRecord
 from training.scale.layout import (
     PARQUET_KINDS,
@@ -60,9 +60,7 @@ def compact_events(jsonl_dir: str | Path, out: str | Path) -> dict[str, int]:
 
 
 def _compact_file(path: str, number: int, root: str) -> dict[str, int]:
-    lines = read_event_bytes(path).split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
+    lines = event_lines(path)
     rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in PARQUET_KINDS}
     torn = 0
     reader = RecordReader()  # format 1 and 2 lines (router.events.codec)
