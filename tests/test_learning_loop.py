@@ -27,7 +27,13 @@ from training.loop_turn import RetrainConfig, retrain
 from training.promote import GateConfig
 from training.simulate import expected_point
 from training.traffic import simulate_events
-from training.train import load_events, parse_since, select_learnable, train_from_logs
+from training.train import (
+    load_events,
+    parse_since,
+    prompt_keys,
+    select_learnable,
+    train_from_logs,
+)
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # a routing profile of six models (cheap to strong): enough overlap for off-policy evaluation
@@ -160,9 +166,14 @@ def test_training_from_logs_learns(logs: Path, cold: PolicyBundle, bundled: Rout
     result = train_from_logs(read_events(logs), cold, holdout=0.3, seed=0)
     n_train, n_holdout = result.stats["n_train"], result.stats["n_holdout"]
     assert isinstance(n_train, int) and isinstance(n_holdout, int)
-    assert n_train + n_holdout == result.stats["n_learnable"]
+    # the traffic repeats prompts (3,000 requests over the train split's prompts): the
+    # decisions on prompts of the held-out slice are dropped from training, and counted
+    dropped = result.stats["n_excluded_prompt_in_holdout"]
+    assert isinstance(dropped, int) and dropped > 0
+    assert n_train + n_holdout + dropped == result.stats["n_learnable"]
     held = result.holdout_rows.frame
     assert held["timestamp"].min() >= result.train_rows.frame["timestamp"].max()
+    assert not set(prompt_keys(held)) & set(prompt_keys(result.train_rows.frame))
     # served on unseen prompts (the test split, full information), the candidate earns more
     # reward than the cold-start policy that produced the logs
     test = bundled.split("test").subset(np.arange(300))

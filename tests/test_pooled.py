@@ -63,16 +63,38 @@ def test_pooled_linear_form_and_a_model_without_outcomes() -> None:
     assert model.bias_[3] == pytest.approx(np.log(overall / (1 - overall)), abs=1e-6)
 
 
-def test_pooled_prior_round_trips_through_a_bundle(tmp_path: Path) -> None:
+@pytest.mark.parametrize("estimator", ["pooled", "blend"])
+def test_pooled_prior_round_trips_through_a_bundle(tmp_path: Path, estimator: str) -> None:
     x, q = _shared_world(200, 3)
     actions = [Action(str(j), np.zeros(1), expected_cost=0.001 * j) for j in range(3)]
-    policy = QualitySquareCBPolicy(RewardSpec(), estimator="pooled").fit(x, actions, q)
+    policy = QualitySquareCBPolicy(RewardSpec(), estimator=estimator).fit(x, actions, q)
     before = policy.predict_one(x[0], actions)
     policy.save(tmp_path / "p")
     loaded = Policy.load(tmp_path / "p")
     assert isinstance(loaded, QualitySquareCBPolicy)
     np.testing.assert_allclose(loaded.predict_one(x[0], actions), before)
-    assert loaded.predictor is not None and loaded.predictor.estimator == "pooled"
+    assert loaded.predictor is not None and loaded.predictor.estimator == estimator
+
+
+def test_blend_averages_the_logits_of_its_two_models() -> None:
+    """The blend is sigmoid of the mean of the per-model LR's and the pooled model's logits,
+    served through one linear form; a model too sparse for its own regression contributes the
+    logit of its prior on the per-model side."""
+    x, q = _shared_world(600, 5)
+    q[10:, 4] = np.nan  # model 4: 10 outcomes, below MIN_SAMPLES
+    names = [str(j) for j in range(5)]
+    blend = QualityPredictor("blend").fit(x, names, q)
+    per_model = QualityPredictor("logistic_cv").fit(x, names, q)
+    pooled = PooledLogistic(seed=0).fit(x, q)
+
+    def logit(p: np.ndarray) -> np.ndarray:
+        return np.asarray(np.log(p / (1 - p)))
+
+    expected = 1 / (1 + np.exp(-(logit(per_model.predict(x)) + logit(pooled.predict(x))) / 2))
+    np.testing.assert_allclose(blend.predict(x), expected, atol=1e-9)
+    form = blend.linear_form()
+    assert form is not None
+    np.testing.assert_allclose(1 / (1 + np.exp(-(x @ form[0] + form[1]))), expected, atol=1e-9)
 
 
 def _policy(optimism: float) -> tuple[QualitySquareCBPolicy, list[Action]]:

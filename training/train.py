@@ -21,9 +21,10 @@
 4. **Reward** is recomputed from the raw logged components with the target reward spec (the
    profile's weights), never taken from the log: ``quality - w_cost * cost_usd / cost_scale -
    w_latency * latency_ms / latency_scale``.
-5. **Split by time**: the earliest ``1 - holdout`` share trains, the latest ``holdout`` share is
-   kept for off-policy evaluation (evaluating on the rows a policy learned from would flatter
-   it).
+5. **Split by time, then by prompt**: the earliest ``1 - holdout`` share trains, the latest
+   ``holdout`` share is kept for off-policy evaluation (evaluating on the rows a policy learned
+   from would flatter it), and the training side drops the decisions on prompts the held-out
+   side holds, so the evaluation is on prompts the candidate never saw (``prompt_in_holdout``).
 6. **Train** the VW policy, warm-started from the base bundle's policy (default) or from
    scratch, on the training rows in time order with their logged probabilities, and a LightGBM
    reward model (``training.reward_model``) on the same rows.
@@ -31,6 +32,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import tempfile
@@ -129,7 +131,11 @@ class LoggedRows:
     excluded: dict[str, int] = field(default_factory=dict)
 
     def split(self, holdout: float) -> tuple[LoggedRows, LoggedRows]:
-        """Earliest ``1 - holdout`` share / latest ``holdout`` share, by decision time."""
+        """Earliest ``1 - holdout`` share / latest ``holdout`` share, by decision time; then
+        the training side drops every decision on a prompt that the held-out side also holds
+        (counted as ``prompt_in_holdout``), so the held-out evaluation is on prompts this
+        candidate never learned from. Traffic repeats prompts (retries, templates, popular
+        questions); judging a candidate on prompts it was trained on flatters it."""
         if not 0.0 <= holdout < 1.0:
             raise ValueError(f"holdout must be in [0, 1), got {holdout}")
         ordered = self.frame.sort_values("timestamp", kind="stable")
@@ -137,10 +143,26 @@ class LoggedRows:
         times = ordered["timestamp"].to_numpy()
         while 0 < cut < len(times) and times[cut] == times[cut - 1]:
             cut += 1  # never split one instant: the next run starts after the last trained one
-        return (
-            LoggedRows(ordered.iloc[:cut], self.spec, self.excluded),
-            LoggedRows(ordered.iloc[cut:], self.spec, {}),
-        )
+        train, held = ordered.iloc[:cut], ordered.iloc[cut:]
+        excluded = dict(self.excluded)
+        if len(held) and len(train):
+            seen = prompt_keys(train).isin(set(prompt_keys(held)))
+            if seen.any():
+                excluded["prompt_in_holdout"] = int(seen.sum())
+                train = train[~seen.to_numpy()]
+        return LoggedRows(train, self.spec, excluded), LoggedRows(held, self.spec, {})
+
+
+def prompt_keys(frame: pd.DataFrame) -> pd.Series:
+    """One key per decision that is equal exactly when two decisions saw the same request
+    features (the same prompt, for a deterministic featurizer): a hash of the logged context
+    features as float32 bytes, as they were written. The prompt text itself is only logged
+    when the config allows it, the features always are."""
+    keys = [
+        hashlib.blake2b(np.asarray(c, dtype=np.float32).tobytes(), digest_size=12).hexdigest()
+        for c in frame["context_features"]
+    ]
+    return pd.Series(keys, index=frame.index)
 
 
 def select_learnable(
@@ -340,6 +362,6 @@ def train_from_logs(
         "window_end": float(joined["timestamp"].max()),
         "train_seconds": time.perf_counter() - start,
     }
-    for reason, count in rows.excluded.items():
+    for reason, count in train_rows.excluded.items():
         stats[f"n_excluded_{reason}"] = count
     return TrainResult(candidate, base, train_rows, holdout_rows, reward_model, joined, stats)

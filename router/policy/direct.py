@@ -26,7 +26,7 @@ from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 if TYPE_CHECKING:
     from router.policy.pooled import PooledLogistic
 
-ESTIMATORS = ("logistic_cv", "logistic", "lgbm", "pooled")
+ESTIMATORS = ("logistic_cv", "logistic", "lgbm", "pooled", "blend")
 CV_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 MIN_SAMPLES = 20  # fewer known outcomes of a model: its (shrunk) mean is its prediction
 PRIOR_WEIGHT = 5.0  # pseudo-outcomes at the overall mean behind each model's mean
@@ -57,13 +57,16 @@ class QualityPredictor:
 
     Parameters
     ----------
-    estimator : {"logistic_cv", "logistic", "lgbm", "pooled"}
+    estimator : {"logistic_cv", "logistic", "lgbm", "pooled", "blend"}
         ``logistic_cv`` (default) chooses each model's regularisation by 3-fold cross-validated
         log-loss on the training data (``LogisticRegressionCV`` over :data:`CV_GRID`), so
         nothing is tuned by hand to a dataset. ``pooled``: one hierarchical logistic model
         whose models share a direction and depart from it
         (:class:`router.policy.pooled.PooledLogistic`; penalties by cross-validation), for
-        sparse bandit logs over many models.
+        sparse bandit logs over many models. ``blend``: both, their logits averaged (still one
+        linear form, so serving cost is unchanged); which of them is right differs by
+        dataset and by how sparse the logs are, and the average beat either alone in
+        cross-validation (experiments/results/routing_value.md).
     C : float
         Inverse regularisation of ``logistic``.
     seed : int
@@ -84,7 +87,7 @@ class QualityPredictor:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        if self.estimator == "logistic_cv":
+        if self.estimator in ("logistic_cv", "blend"):
             cv = KFold(n_splits=3, shuffle=True, random_state=self.seed)
             search = LogisticRegressionCV(
                 Cs=list(CV_GRID),
@@ -120,11 +123,12 @@ class QualityPredictor:
         self.index_ = {m: j for j, m in enumerate(self.models_)}
         self.estimators_: list[Any] = []
         self.prior_ = shrunk_means(quality)
-        if self.estimator == "pooled":
+        if self.estimator in ("pooled", "blend"):
             from router.policy.pooled import PooledLogistic
 
             self.pooled_: PooledLogistic = PooledLogistic(seed=self.seed).fit(contexts, quality)
-            return self
+            if self.estimator == "pooled":
+                return self
         for j in range(len(models)):
             known = np.isfinite(quality[:, j])
             q = quality[known, j]
@@ -133,7 +137,7 @@ class QualityPredictor:
                 continue
             x, y, w = _soft_labels(contexts[known], q)
             est = self._make()
-            if self.estimator == "logistic_cv":
+            if self.estimator in ("logistic_cv", "blend"):
                 est.fit(x, y, logisticregressioncv__sample_weight=w)
             elif self.estimator == "logistic":
                 est.fit(x, y, logisticregression__sample_weight=w)
@@ -151,11 +155,20 @@ class QualityPredictor:
             return None
         if self.estimator == "pooled":
             return self.pooled_.linear_form()
+        if self.estimator == "blend":  # the average of the two logits is linear too
+            pooled_w, pooled_b = self.pooled_.linear_form()
+            own = self._per_model_form(len(pooled_b), pooled_w.shape[0])
+            return (own[0] + pooled_w) / 2.0, (own[1] + pooled_b) / 2.0
         n_features = next((len(e[0].mean_) for e in self.estimators_ if e is not None), None)
         if n_features is None:
             return None
-        weights = np.zeros((n_features, len(self.estimators_)))
-        bias = np.zeros(len(self.estimators_))
+        return self._per_model_form(len(self.estimators_), n_features)
+
+    def _per_model_form(self, n_models: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+        """The per-model logistic regressions as ``(W, b)``; a model without one (too few
+        outcomes) has zero weights and the logit of its prior."""
+        weights = np.zeros((n_features, n_models))
+        bias = np.zeros(n_models)
         for j, est in enumerate(self.estimators_):
             if est is None:  # constant: logit of the prior
                 p = float(np.clip(self.prior_[j], 1e-6, 1 - 1e-6))
@@ -173,6 +186,11 @@ class QualityPredictor:
             raise PolicyError("QualityPredictor is not fitted")
         if self.estimator == "pooled":
             return self.pooled_.predict(contexts)
+        if self.estimator == "blend":
+            form = self.linear_form()
+            assert form is not None
+            z = np.asarray(contexts, dtype=float) @ form[0] + form[1]
+            return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
         out = np.tile(self.prior_, (len(contexts), 1))
         for j, est in enumerate(self.estimators_):
             if est is not None:
