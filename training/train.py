@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.errors import DatasetError
+from features.errors import ConfigError, DatasetError
 from router.bundle import PolicyBundle
 from router.events.join import charge_failures, join_events
 from router.events.models import DecisionEvent, Event
@@ -131,7 +131,7 @@ class LoggedRows:
     def split(self, holdout: float) -> tuple[LoggedRows, LoggedRows]:
         """Earliest ``1 - holdout`` share / latest ``holdout`` share, by decision time."""
         if not 0.0 <= holdout < 1.0:
-            raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+            raise ConfigError(f"holdout must be in [0, 1), got {holdout}")
         ordered = self.frame.sort_values("timestamp", kind="stable")
         cut = len(ordered) - round(holdout * len(ordered))
         times = ordered["timestamp"].to_numpy()
