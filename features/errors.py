@@ -6,10 +6,20 @@
     ├── ConfigError (ValueError)        a setting or config key is invalid; names the key
     │   └── FaultError                  a replay fault setting is invalid; ``field`` names it
     ├── DatasetError (ValueError)       a routing dataset or event log is malformed; names
-    │                                   the file or column
+    │   │                               the file or column
+    │   ├── InvalidEventError           an event being logged breaks the log's invariants;
+    │   │                               names the field (the code that built it is at fault)
+    │   └── MissingFrameError           a compact decision names a frame no earlier line of
+    │                                   its file defines: corruption, never a torn write
     ├── FeaturizerError                 the request featurizer was misused (unfitted, altered)
     ├── NotFittedError                  a fitted model (reward model) used before ``fit()``
     ├── PolicyError                     a policy was used against its contract (bad actions)
+    ├── PolicyCheckError                a policy failed a conformance check
+    │   (AssertionError)                (``router.policy.checks``); names the check
+    ├── UnknownKeyError (KeyError)      a lookup in polyroute's own state found nothing (a
+    │                                   model's instance URL, an evaluated policy)
+    ├── ServiceError (RuntimeError)     a local process or service the command needs failed
+    │                                   (a server did not start, a subprocess exited non-zero)
     ├── EventLogError                   the event log cannot accept events (closed, failed)
     │   └── EventLogFullError           the bounded queue stayed full for ``put_timeout_s``
     ├── OverloadedError                 too many requests in flight; retry after a moment
@@ -25,11 +35,17 @@
         ├── NotFoundError               unknown model, decision id or admin resource
         ├── BodyTooLargeError           the request body is over the size limit
         └── NoEligibleModelError        no model may serve the request
+            └── ModelsUnavailableError  every allowed model's circuit is open; retry later
 
 The classes carry no HTTP status: the gateway maps them to one at its edge, in a single table
-(``router.http.errors.STATUS``). Some also subclass :class:`ValueError` so that callers that
-validate arguments with ``except ValueError`` keep working. Messages name the bad field and say
-what was expected.
+(``router.http.errors.STATUS``). Some also subclass the builtin class a caller would catch
+(:class:`ValueError`, :class:`KeyError`, :class:`RuntimeError`, :class:`AssertionError`, in
+parentheses above), so that ``except ValueError`` and ``pytest.raises(KeyError)`` keep working.
+Messages name the bad field and say what was expected.
+
+Project code raises only these classes: never a bare builtin, except ``ValueError`` inside a
+pydantic validator (pydantic turns it into a ``ValidationError`` naming the field).
+``tests/test_error_tree.py`` checks this on the source.
 """
 
 from __future__ import annotations
@@ -61,6 +77,22 @@ class DatasetError(PolyrouteError, ValueError):
     """A routing dataset, an event log or an array is malformed; names the file or column."""
 
 
+class InvalidEventError(DatasetError):
+    """An event about to be logged breaks the invariants of the event log; names the field.
+
+    The gateway built the event, so the fault is its own (HTTP 500), not the caller's request's
+    (the 422 of other dataset errors).
+    """
+
+
+class MissingFrameError(DatasetError):
+    """A compact decision names a frame that no earlier line of its file defines.
+
+    Corruption (a lost line), never a torn write: readers that skip a malformed last line of a
+    file do not skip this one.
+    """
+
+
 class FeaturizerError(PolyrouteError):
     """The request featurizer was used against its contract: unfitted, or its saved state does
     not match its recorded version."""
@@ -72,6 +104,26 @@ class NotFittedError(PolyrouteError):
 
 class PolicyError(PolyrouteError):
     """A policy was used against its contract (unfitted, bad actions, bad bundle)."""
+
+
+class PolicyCheckError(PolyrouteError, AssertionError):
+    """A policy failed one of the conformance checks of ``router.policy.checks``; the message
+    names the check. An :class:`AssertionError`, so a test runner reports a failure."""
+
+
+class UnknownKeyError(PolyrouteError, KeyError):
+    """A lookup in polyroute's own state found nothing: a URL that is none of a model's
+    instances, a policy or target an evaluation did not cover. A :class:`KeyError`, for callers
+    that catch one; a caller's request naming something unknown is :class:`NotFoundError`."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)  # the message itself, not KeyError's repr of it
+
+
+class ServiceError(PolyrouteError, RuntimeError):
+    """A local process or service the command needs failed: a server that did not start or
+    exited, a gateway that did not reload, a subprocess that exited non-zero, an MLflow run that
+    is not active, a distributed task that got another task's rows."""
 
 
 class EventLogError(PolyrouteError):
@@ -177,16 +229,21 @@ __all__ = [
     "EventLogFullError",
     "FaultError",
     "FeaturizerError",
+    "InvalidEventError",
+    "MissingFrameError",
     "ModelsUnavailableError",
     "NoEligibleModelError",
     "NotFittedError",
     "NotFoundError",
     "OverloadedError",
+    "PolicyCheckError",
     "PolicyError",
     "PolyrouteError",
     "RateLimitedError",
     "RequestError",
+    "ServiceError",
     "ThrottledError",
     "TrafficStoreError",
+    "UnknownKeyError",
     "UpstreamError",
 ]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from features.errors import ConfigError
 from features.errors import FeaturizerError as PolicyError  # the featurizer's own error class
 from features.signals import SIGNAL_NAMES, compute_signals
 
@@ -69,13 +70,13 @@ class FeaturizerConfig:
 
     def __post_init__(self) -> None:
         if self.n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {self.n_components}")
+            raise ConfigError(f"n_components must be >= 1, got {self.n_components}")
         if self.max_features < 10:
-            raise ValueError(f"max_features must be >= 10, got {self.max_features}")
+            raise ConfigError(f"max_features must be >= 10, got {self.max_features}")
         if self.max_chars < 16:
-            raise ValueError(f"max_chars must be >= 16, got {self.max_chars}")
+            raise ConfigError(f"max_chars must be >= 16, got {self.max_chars}")
         if self.min_df < 1:
-            raise ValueError(f"min_df must be >= 1, got {self.min_df}")
+            raise ConfigError(f"min_df must be >= 1, got {self.min_df}")
 
 
 class RequestFeaturizer:
@@ -108,7 +109,7 @@ class RequestFeaturizer:
 
     def fit(self, texts: list[str]) -> RequestFeaturizer:
         if len(texts) < 2:
-            raise ValueError(f"fit needs at least 2 texts, got {len(texts)}")
+            raise ConfigError(f"fit needs at least 2 texts, got {len(texts)}")
         # fitting only: serving loads the fitted arrays and never imports scikit-learn
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer

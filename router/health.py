@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features.errors import UnknownKeyError
 from router.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryBudget
 from router.config import ResilienceConfig, RouterConfig
 
@@ -244,7 +245,7 @@ class HealthBoard:
         for inst in state.instances:
             if inst.url == url:
                 return inst
-        raise KeyError(f"{state.name} has no instance {url}")
+        raise UnknownKeyError(f"{state.name} has no instance {url}")
 
     # ---- shared state ---------------------------------------------------------------------
     def take_published(self) -> tuple[dict[str, float], list[str]]:

@@ -274,6 +274,23 @@ def test_decision_without_its_frame_is_corruption(tmp_path: Path) -> None:
     assert len(list(read_events(tmp_path))) == n_events
 
 
+def test_compaction_skips_a_malformed_last_line_but_not_a_lost_frame(tmp_path: Path) -> None:
+    """A malformed last line may be a torn write (skipped); a decision whose frame no earlier
+    line defines is corruption (MissingFrameError), on the last line too."""
+    _write(_log(3), tmp_path / "log", "compact")
+    (path,) = (tmp_path / "log").iterdir()
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines) + b'{"kind":"frame","frame":"x"}\n')  # JSON, bad frame
+    counts = compact_events(tmp_path / "log", tmp_path / "a.parquet")
+    assert (counts["decisions"], counts["torn_lines"]) == (3, 1)
+    decision = json.loads(lines[1])
+    assert decision["kind"] == "decision" and "frame" in decision
+    lost = json.dumps({**decision, "frame": 999}).encode() + b"\n"
+    path.write_bytes(b"".join(lines) + lost)
+    with pytest.raises(DatasetError, match=r"000001\.jsonl:\d+: frame: .*999"):
+        compact_events(tmp_path / "log", tmp_path / "b.parquet")
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

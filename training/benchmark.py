@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 
-from features.errors import ConfigError
+from features.errors import ConfigError, DatasetError
 from features.featurizer import FeaturizerConfig, RequestFeaturizer
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Policy, RewardSpec
@@ -91,7 +91,7 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.n_lambdas < 2:
-            raise ValueError(f"n_lambdas must be >= 2, got {self.n_lambdas}")
+            raise ConfigError(f"n_lambdas must be >= 2, got {self.n_lambdas}")
         if self.bandit_lambdas < 1:
             raise ConfigError(f"bandit_lambdas must be >= 1, got {self.bandit_lambdas}")
         if not 0.0 < self.warm_share < 1.0:
@@ -154,7 +154,7 @@ def run_benchmark(
             )
         test = test.subset(complete)
     if train.n_prompts < 10 or test.n_prompts < 10:
-        raise ValueError(
+        raise DatasetError(
             f"{data.name}: need >= 10 train and test prompts, "
             f"got {train.n_prompts}/{test.n_prompts}"
         )

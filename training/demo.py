@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from features.errors import ConfigError
+from features.errors import ConfigError, ServiceError
 from router.bundle import PolicyBundle
 from training.bench.overhead import free_port
 from training.bundle_train import train_bundle
@@ -96,9 +96,9 @@ class _Server:
         deadline = time.monotonic() + 30
         while not self.server.started:
             if not self.thread.is_alive():
-                raise RuntimeError(f"server on port {self.port} exited while starting")
+                raise ServiceError(f"server on port {self.port} exited while starting")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server on port {self.port} did not start within 30 s")
+                raise ServiceError(f"server on port {self.port} did not start within 30 s")
             time.sleep(0.05)
         return self
 
@@ -138,7 +138,7 @@ class GatewayTraffic:
         start = time.monotonic()
         while self._serving_version() != version:
             if time.monotonic() - start > timeout_s:
-                raise RuntimeError(
+                raise ServiceError(
                     f"the gateway still serves {self._serving_version()} {timeout_s:.0f} s after "
                     f"{version} became @champion"
                 )

@@ -56,7 +56,7 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.requests_per_round < 50:
-            raise ValueError("rounds must be >= 1 and requests_per_round >= 50")
+            raise ConfigError("rounds must be >= 1 and requests_per_round >= 50")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from features.errors import UnknownKeyError
 from training import ope_support
 from training.ope_intervals import gaussian_interval
 
@@ -82,7 +83,7 @@ class PolicyEvaluation:
         (:func:`training.ope.round_terms`: e.g. ``w r`` for IPW, ``q̂(x, π) + w (r - q̂_a)``
         for DR), aligned with :attr:`event_ids`."""
         if (policy, target) not in self.terms:
-            raise KeyError(f"no evaluated policy {policy!r} / target {target!r}")
+            raise UnknownKeyError(f"no evaluated policy {policy!r} / target {target!r}")
         return self.terms[(policy, target)][estimator].to_numpy()
 
     def improvement(

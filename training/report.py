@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 
+from features.errors import ServiceError
 from training import ope_support
 from training.ope_result import TARGETS, PolicyEvaluation
 
@@ -402,13 +403,13 @@ def log_report_to_mlflow(path: str | Path, artifact_path: str = "evaluation") ->
 
     Raises
     ------
-    RuntimeError
-        When no MLflow run is active (start one with ``mlflow.start_run()``).
+    ServiceError
+        A RuntimeError: when no MLflow run is active (start one with ``mlflow.start_run()``).
     """
     import mlflow  # lazily: the report itself does not need MLflow
 
     if mlflow.active_run() is None:
-        raise RuntimeError("log_report_to_mlflow: no active MLflow run; call mlflow.start_run()")
+        raise ServiceError("log_report_to_mlflow: no active MLflow run; call mlflow.start_run()")
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.errors import ConfigError
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.quality import QualitySquareCBPolicy, igw_pmf
@@ -134,7 +135,7 @@ def replay_rounds(
     so far (the labelled rows plus the chosen models' outcomes), as the retraining loop does.
     """
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
     rng = np.random.default_rng(seed)
     mask = np.zeros(data.n_prompts, bool) if labelled is None else np.asarray(labelled, bool)
     logged = np.full(data.quality.shape, np.nan)

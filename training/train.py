@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.errors import DatasetError
+from features.errors import ConfigError, DatasetError
 from router.bundle import PolicyBundle
 from router.events.join import charge_failures, join_events
 from router.events.models import DecisionEvent, Event
@@ -137,7 +137,7 @@ class LoggedRows:
         candidate never learned from. Traffic repeats prompts (retries, templates, popular
         questions); judging a candidate on prompts it was trained on flatters it."""
         if not 0.0 <= holdout < 1.0:
-            raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+            raise ConfigError(f"holdout must be in [0, 1), got {holdout}")
         ordered = self.frame.sort_values("timestamp", kind="stable")
         cut = len(ordered) - round(holdout * len(ordered))
         times = ordered["timestamp"].to_numpy()

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from features.errors import DatasetError
+from features.errors import DatasetError, MissingFrameError
 from router.events.models import DecisionEvent, DecisionRecord, Emitted, event_to_json
 
 FRAME_KIND = "frame"
@@ -176,10 +176,10 @@ def format1_line(event: Emitted) -> bytes:
 
 def _floats(text: Any, field: str) -> list[float]:
     if not isinstance(text, str):
-        raise ValueError(f"{field}: expected base64 float32 text")
+        raise DatasetError(f"{field}: expected base64 float32 text")
     raw = base64.b64decode(text, validate=True)
     if len(raw) % 4:
-        raise ValueError(f"{field}: {len(raw)} bytes is not a whole number of float32 values")
+        raise DatasetError(f"{field}: {len(raw)} bytes is not a whole number of float32 values")
     values: list[float] = np.frombuffer(raw, dtype=_F32).astype(float).tolist()
     return values
 
@@ -192,11 +192,12 @@ class RecordReader:
 
     Raises
     ------
-    ValueError
-        A frame or compact decision that is malformed (the caller decides whether a torn last
-        line explains it).
     DatasetError
-        A decision naming a frame not defined before it in the file (corruption).
+        A frame or compact decision that is malformed (the caller decides whether a torn last
+        line explains it; bad base64 raises :class:`binascii.Error`, also a ValueError).
+    MissingFrameError
+        A decision naming a frame not defined before it in the file (corruption, never a torn
+        write; a DatasetError too, so catch it first).
     """
 
     def __init__(self) -> None:
@@ -208,14 +209,14 @@ class RecordReader:
             number = record.get("frame")
             missing = [name for name in _FRAME_FIELDS if name not in record]
             if not isinstance(number, int) or missing:
-                raise ValueError(f"frame: needs an integer 'frame' and {list(_FRAME_FIELDS)}")
+                raise DatasetError(f"frame: needs an integer 'frame' and {list(_FRAME_FIELDS)}")
             self._frames[number] = {name: record[name] for name in _FRAME_FIELDS}
             return None
         if kind != "decision" or "frame" not in record:
             return record
         frame = self._frames.get(record["frame"])
         if frame is None:
-            raise DatasetError(
+            raise MissingFrameError(
                 f"frame: decision {record.get('event_id')!r} names frame {record['frame']!r}, "
                 "which no earlier line of its file defines"
             )

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from features.errors import DatasetError
+from features.errors import DatasetError, InvalidEventError
 
 PROBABILITY_TOLERANCE = 1e-6
 
@@ -192,7 +192,8 @@ class DecisionRecord:
     (K, n_action_features), ``context_features`` (n_features,)).
 
     Construction checks the invariants of :class:`DecisionEvent` (module docstring) with numpy
-    and raises ``ValueError`` naming the field; :meth:`to_event` validates the full model.
+    and raises :class:`~features.errors.InvalidEventError` (a ValueError) naming the field;
+    :meth:`to_event` validates the full model.
     """
 
     kind: ClassVar[str] = "decision"
@@ -218,28 +219,30 @@ class DecisionRecord:
         k = len(self.eligible_models)
         pmf, actions, context = self.probabilities, self.action_features, self.context_features
         if not 0 < len(self.event_id) <= 128:
-            raise ValueError("event_id: must have 1 to 128 characters")
+            raise InvalidEventError("event_id: must have 1 to 128 characters")
         if k == 0 or len(set(self.eligible_models)) != k:
-            raise ValueError("eligible_models: must be non-empty, without duplicate names")
+            raise InvalidEventError("eligible_models: must be non-empty, without duplicate names")
         if pmf.shape != (k,):
-            raise ValueError(f"probabilities: expected {k} entries (one per eligible model)")
+            raise InvalidEventError(f"probabilities: expected {k} entries (one per eligible model)")
         total = math.fsum(pmf.tolist())
         # written so that NaN fails every comparison
         if not (pmf.min() >= 0.0 and pmf.max() <= 1.0 and abs(total - 1.0) <= 1e-4):
-            raise ValueError("probabilities: every entry must be in [0, 1] and they must sum to 1")
+            raise InvalidEventError(
+                "probabilities: every entry must be in [0, 1] and they must sum to 1"
+            )
         if actions.ndim != 2 or actions.shape[0] != k or not np.isfinite(actions).all():
-            raise ValueError(f"action_features: expected {k} rows of finite numbers")
+            raise InvalidEventError(f"action_features: expected {k} rows of finite numbers")
         if context.ndim != 1 or not np.isfinite(context).all():
-            raise ValueError("context_features: expected one row of finite numbers")
+            raise InvalidEventError("context_features: expected one row of finite numbers")
         if not 0 <= self.chosen_index < k:
-            raise ValueError(f"chosen_index: must be in [0, {k})")
+            raise InvalidEventError(f"chosen_index: must be in [0, {k})")
         p = self.chosen_probability
         if not 0.0 < p <= 1.0 or abs(float(pmf[self.chosen_index]) - p) > 1e-6:
-            raise ValueError("chosen_probability: must be probabilities[chosen_index], > 0")
+            raise InvalidEventError("chosen_probability: must be probabilities[chosen_index], > 0")
         if self.override_reason is not None and p != 1.0:
-            raise ValueError("chosen_probability: must be 1 when override_reason is set")
+            raise InvalidEventError("chosen_probability: must be 1 when override_reason is set")
         if not (math.isfinite(self.timestamp) and self.timestamp >= 0):
-            raise ValueError("timestamp: must be a finite number >= 0")
+            raise InvalidEventError("timestamp: must be a finite number >= 0")
 
     @property
     def chosen_model(self) -> str:

@@ -30,6 +30,7 @@ from features.errors import (
     ConfigError,
     DatasetError,
     EventLogError,
+    InvalidEventError,
     ModelsUnavailableError,
     NoEligibleModelError,
     NotFoundError,
@@ -51,6 +52,7 @@ STATUS: dict[type[PolyrouteError], int] = {
     NotFoundError: 404,
     BodyTooLargeError: 413,
     RequestError: 400,
+    InvalidEventError: 500,  # the gateway built an event the log refuses: its own bug
     DatasetError: 422,
     RateLimitedError: 429,  # with Retry-After from the limiter
     BudgetExceededError: 429,  # with Retry-After: the next UTC midnight

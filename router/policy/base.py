@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from features.errors import PolicyError
+from features.errors import ConfigError, PolicyError
 
 PMF_TOLERANCE = 1e-6
 
@@ -63,10 +63,10 @@ class RewardSpec:
     def __post_init__(self) -> None:
         for name in ("w_cost", "w_latency"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("cost_scale", "latency_scale"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
 
     def reward(self, quality: Any, cost: Any, latency_ms: Any) -> Any:
         return (

@@ -4,7 +4,10 @@ Every registered policy must pass them; a new policy gets them for free::
 
     from router.policy.checks import check_policy, policy_factory
 
-    check_policy(policy_factory("my_policy"))  # raises AssertionError naming the failed check
+    check_policy(policy_factory("my_policy"))  # PolicyCheckError names the failed check
+
+(:class:`~features.errors.PolicyCheckError` is an ``AssertionError``: a test runner reports a
+failure.)
 
 A check takes a *factory* (``seed -> a new, unfitted policy``) and a :class:`CheckData`, a small
 synthetic routing problem made here (contexts, one action per model, full-information quality
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from features.actions import ACTION_FEATURES
-from features.errors import PolicyError
+from features.errors import PolicyCheckError, PolicyError
 from router.policy.base import PMF_TOLERANCE, Action, Policy, RewardSpec
 from router.policy.registry import get_policy_class
 
@@ -219,7 +222,7 @@ def check_contract_violations_are_refused(factory: PolicyFactory, data: CheckDat
         except PolicyError as exc:
             assert expected in str(exc), f"{policy.name}: {exc!s} does not say {expected!r}"
         else:
-            raise AssertionError(f"{policy.name}: no PolicyError for a call with {expected!r}")
+            raise PolicyCheckError(f"{policy.name}: no PolicyError for a call with {expected!r}")
 
 
 CHECKS: tuple[Callable[[PolicyFactory, CheckData], None], ...] = (
@@ -237,11 +240,12 @@ def yield_checks() -> Iterator[Callable[[PolicyFactory, CheckData], None]]:
 
 
 def check_policy(factory: PolicyFactory, data: CheckData | None = None) -> None:
-    """Run every check on the policies ``factory`` makes; raise ``AssertionError`` naming the
-    first check that fails (an assertion, or any exception the policy raised in it)."""
+    """Run every check on the policies ``factory`` makes; raise
+    :class:`~features.errors.PolicyCheckError` (an ``AssertionError``) naming the first check
+    that fails (an assertion, or any exception the policy raised in it)."""
     data = data or make_check_data()
     for check in yield_checks():
         try:
             check(factory, data)
         except Exception as exc:
-            raise AssertionError(f"{check.__name__}: {type(exc).__name__}: {exc}") from exc
+            raise PolicyCheckError(f"{check.__name__}: {type(exc).__name__}: {exc}") from exc

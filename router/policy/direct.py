@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from features.errors import PolicyError
+from features.errors import ConfigError, PolicyError
 from router.policy.base import Action, Policy, RewardSpec, greedy_pmf
 
 if TYPE_CHECKING:
@@ -74,9 +74,9 @@ class QualityPredictor:
 
     def __init__(self, estimator: str = "logistic_cv", C: float = 0.1, seed: int = 0) -> None:
         if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+            raise ConfigError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if C <= 0:
-            raise ValueError(f"C must be > 0, got {C}")
+            raise ConfigError(f"C must be > 0, got {C}")
         self.estimator = estimator
         self.C = C
         self.seed = seed
@@ -215,7 +215,7 @@ class DirectPolicy(Policy):
     ) -> None:
         super().__init__(reward, seed)
         if not 0.0 < epsilon < 1.0:
-            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+            raise ConfigError(f"epsilon must be in (0, 1), got {epsilon}")
         self.estimator = estimator
         self.C = C
         self.epsilon = epsilon

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from vowpalwabbit import Workspace
 
-from features.errors import PolicyError
+from features.errors import ConfigError, PolicyError
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.vw_scorer import ExactScorer
 from router.policy.vw_text import action_line, context_line, example_lines
@@ -83,9 +83,9 @@ class VWSquareCBPolicy(Policy):
     ) -> None:
         super().__init__(reward, seed)
         if not 0.0 < epsilon < 1.0:
-            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+            raise ConfigError(f"epsilon must be in (0, 1), got {epsilon}")
         if gamma_scale <= 0:
-            raise ValueError(f"gamma_scale must be > 0, got {gamma_scale}")
+            raise ConfigError(f"gamma_scale must be > 0, got {gamma_scale}")
         self.epsilon = epsilon
         self.gamma_scale = gamma_scale
         self.gamma_exponent = gamma_exponent

@@ -25,6 +25,8 @@ import json
 import random
 from typing import Any, cast
 
+from features.errors import ConfigError
+
 MODEL = "mock-upstream"
 ANSWER = "Hello."
 USAGE = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
@@ -112,7 +114,7 @@ class Faults:
 
     def __init__(self, delay_ms: float = 0.0, error_rate: float = 0.0, seed: int = 0) -> None:
         if delay_ms < 0 or not 0.0 <= error_rate <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"delay_ms >= 0 and error_rate in [0, 1], got {delay_ms}, {error_rate}"
             )
         self.delay_s = delay_ms / 1000

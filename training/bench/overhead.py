@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 import yaml
 
-from features.errors import ConfigError, PolyrouteError
+from features.errors import ConfigError, PolyrouteError, ServiceError
 from training.bench.mock_upstream import install_uvloop
 
 TIMEOUT_S = 10.0
@@ -69,7 +69,7 @@ def _wait(url: str, timeout_s: float = 120.0) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {timeout_s} s")
+    raise ServiceError(f"{url} did not come up in {timeout_s} s")
 
 
 class HttpError(PolyrouteError):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.errors import DatasetError
+from features.errors import DatasetError, ServiceError
 from router.policy.base import RewardSpec
 from router.policy.vw_text import examples_text
 from training.scale.layout import SPEC_FIELDS
@@ -51,7 +51,7 @@ def assemble_rows(
     number = int(partition_info["number"]) if partition_info else 0
     path = files[number]
     if len(aggregated) and (aggregated.index.to_numpy() != number).any():
-        raise RuntimeError(f"join: partition {number} received rows of another decision file")
+        raise ServiceError(f"join: partition {number} received rows of another decision file")
     aggregated = aggregated.sort_values("pos")
     columns = [
         "event_id",

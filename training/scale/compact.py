@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from dask.base import compute
 from dask.delayed import delayed
 
-from features.errors import DatasetError
+from features.errors import DatasetError, MissingFrameError
 from router.events.codec import RecordReader
 from router.events.file_sink import event_files, event_lines
 from router.events.models import RewardSpecRecord
@@ -70,9 +70,9 @@ def _compact_file(path: str, number: int, root: str) -> dict[str, int]:
         where = f"{path}:{number_in_file}"
         try:
             expanded = reader.expand(json.loads(raw))
-        except DatasetError as exc:
+        except MissingFrameError as exc:  # corruption, even on the last line
             raise DatasetError(f"{where}: {exc}") from exc
-        except ValueError as exc:
+        except ValueError as exc:  # JSON, or a malformed frame or decision (DatasetError)
             if number_in_file == len(lines):
                 logger.warning("skipping torn last line of %s", where)
                 torn += 1

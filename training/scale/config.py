@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from features.errors import ConfigError
 from router.policy.base import RewardSpec
 from router.policy.vw import VWSquareCBPolicy
 
@@ -50,13 +51,13 @@ class ScaleConfig:
 
     def __post_init__(self) -> None:
         if self.join_window_s < 0:
-            raise ValueError(f"join_window_s must be >= 0, got {self.join_window_s}")
+            raise ConfigError(f"join_window_s must be >= 0, got {self.join_window_s}")
         if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+            raise ConfigError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.n_estimators < 1 or self.num_leaves < 2:
-            raise ValueError("n_estimators must be >= 1 and num_leaves >= 2")
+            raise ConfigError("n_estimators must be >= 1 and num_leaves >= 2")
         if self.n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
+            raise ConfigError(f"n_workers must be >= 1, got {self.n_workers}")
 
 
 @dataclass

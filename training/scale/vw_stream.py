@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from features.errors import ServiceError
 from router.policy.vw import VWSquareCBPolicy
 
 
@@ -65,5 +66,5 @@ def learn_vw_stream(vw_dir: str | Path, policy: VWSquareCBPolicy, native: bool =
             raise
         code = feeder.wait()
         if code != 0:
-            raise RuntimeError(f"feeding VW examples from {vw_dir} failed (cat exit {code})")
+            raise ServiceError(f"feeding VW examples from {vw_dir} failed (cat exit {code})")
         policy.adopt_workspace(workspace)
