@@ -9,7 +9,7 @@ import pytest
 
 from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec
-from router.policy.direct import QualityPredictor
+from router.policy.direct import BLEND_WEIGHTS, QualityPredictor
 from router.policy.pooled import PooledLogistic
 from router.policy.quality import QualitySquareCBPolicy
 
@@ -76,25 +76,43 @@ def test_pooled_prior_round_trips_through_a_bundle(tmp_path: Path, estimator: st
     assert loaded.predictor is not None and loaded.predictor.estimator == estimator
 
 
-def test_blend_averages_the_logits_of_its_two_models() -> None:
-    """The blend is sigmoid of the mean of the per-model LR's and the pooled model's logits,
-    served through one linear form; a model too sparse for its own regression contributes the
-    logit of its prior on the per-model side."""
+def test_blend_mixes_the_logits_of_its_two_models() -> None:
+    """The blend is sigmoid(a * per-model logit + (1 - a) * pooled logit), served through one
+    linear form; a model too sparse for its own regression contributes the logit of its
+    prior on the per-model side."""
     x, q = _shared_world(600, 5)
     q[10:, 4] = np.nan  # model 4: 10 outcomes, below MIN_SAMPLES
     names = [str(j) for j in range(5)]
     blend = QualityPredictor("blend").fit(x, names, q)
     per_model = QualityPredictor("logistic_cv").fit(x, names, q)
     pooled = PooledLogistic(seed=0).fit(x, q)
+    a = blend.blend_weight_
+    assert a in BLEND_WEIGHTS and set(blend.blend_scores_) == set(BLEND_WEIGHTS)
 
     def logit(p: np.ndarray) -> np.ndarray:
         return np.asarray(np.log(p / (1 - p)))
 
-    expected = 1 / (1 + np.exp(-(logit(per_model.predict(x)) + logit(pooled.predict(x))) / 2))
-    np.testing.assert_allclose(blend.predict(x), expected, atol=1e-9)
+    z = a * logit(per_model.predict(x)) + (1 - a) * logit(pooled.predict(x))
+    np.testing.assert_allclose(blend.predict(x), 1 / (1 + np.exp(-z)), atol=1e-9)
     form = blend.linear_form()
     assert form is not None
-    np.testing.assert_allclose(1 / (1 + np.exp(-(x @ form[0] + form[1]))), expected, atol=1e-9)
+    np.testing.assert_allclose(1 / (1 + np.exp(-(x @ form[0] + form[1]))), blend.predict(x))
+
+
+def test_the_blend_weight_follows_the_data() -> None:
+    """Sparse logs of models that share one direction: the weight leans to the pooled model.
+    Plenty of outcomes of models that each follow a different feature (nothing shared): it
+    leans to the per-model regressions."""
+    x, q = _shared_world(900, 12)
+    names = [str(j) for j in range(12)]
+    shared = QualityPredictor("blend").fit(x, names, _one_per_row(q))
+    assert shared.blend_weight_ <= 0.25, shared.blend_scores_
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1500, 6))
+    p = 1 / (1 + np.exp(-3 * np.column_stack([x[:, 0], -x[:, 0], x[:, 1], -x[:, 1]])))
+    own = (rng.random(p.shape) < p).astype(float)
+    separate = QualityPredictor("blend").fit(x, names[:4], own)
+    assert separate.blend_weight_ >= 0.75, separate.blend_scores_
 
 
 def _policy(optimism: float) -> tuple[QualitySquareCBPolicy, list[Action]]:

@@ -193,12 +193,18 @@ def run_benchmark(
 
     # ---- full-information routers ----------------------------------------------------
     clock = time.perf_counter()
-    tick = progress("full-information routers", 4)
+    tick = progress("full-information routers", 5)
     predictor = QualityPredictor(config.estimator, config.C, config.seed)
     predictor.fit(x_train, data.model_names, train.quality)
     q_direct = predictor.predict(x_test)
     q_direct_train = predictor.predict(x_train)
     record("direct", sweep(test, q_direct, c_hat["test"], cost_scale, grid), q_direct)
+    tick()
+    if config.estimator != "blend":  # the full-information router with the serving prior's model
+        blend = QualityPredictor("blend", config.C, config.seed)
+        q_blend = blend.fit(x_train, data.model_names, train.quality).predict(x_test)
+        record("direct_blend", sweep(test, q_blend, c_hat["test"], cost_scale, grid), q_blend)
+        routers["direct_blend"]["blend_weight"] = blend.blend_weight_
     tick()
     knn = KNNPolicy(k=config.knn_k).fit(x_train, catalogue.actions(x_train[0], 0.0), train.quality)
     q_knn = knn.predict_quality(x_test)

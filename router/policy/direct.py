@@ -30,6 +30,7 @@ ESTIMATORS = ("logistic_cv", "logistic", "lgbm", "pooled", "blend")
 CV_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 MIN_SAMPLES = 20  # fewer known outcomes of a model: its (shrunk) mean is its prediction
 PRIOR_WEIGHT = 5.0  # pseudo-outcomes at the overall mean behind each model's mean
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the per-model logit in "blend"
 
 
 def shrunk_means(quality: np.ndarray, weight: float = PRIOR_WEIGHT) -> np.ndarray:
@@ -63,10 +64,11 @@ class QualityPredictor:
         nothing is tuned by hand to a dataset. ``pooled``: one hierarchical logistic model
         whose models share a direction and depart from it
         (:class:`router.policy.pooled.PooledLogistic`; penalties by cross-validation), for
-        sparse bandit logs over many models. ``blend``: both, their logits averaged (still one
-        linear form, so serving cost is unchanged); which of them is right differs by
-        dataset and by how sparse the logs are, and the average beat either alone in
-        cross-validation (experiments/results/routing_value.md).
+        sparse bandit logs over many models. ``blend``: both, their logits mixed as
+        ``a * per-model + (1 - a) * pooled`` with ``a`` in :data:`BLEND_WEIGHTS` chosen by the
+        out-of-fold log-loss on the pooled model's cross-validation folds (still one linear
+        form, so serving cost is unchanged). Which of the two is right differs by dataset and
+        by how sparse the logs are (experiments/results/routing_value.md); the data decide.
     C : float
         Inverse regularisation of ``logistic``.
     seed : int
@@ -144,7 +146,45 @@ class QualityPredictor:
             else:
                 est.fit(x, y, sample_weight=w)
             self.estimators_.append(est)
+        if self.estimator == "blend":
+            self.blend_weight_, self.blend_scores_ = self._choose_blend_weight(contexts, quality)
         return self
+
+    def _choose_blend_weight(
+        self, contexts: np.ndarray, quality: np.ndarray
+    ) -> tuple[float, dict[float, float]]:
+        """The weight of the per-model logit, by out-of-fold cross-entropy over the known
+        outcomes on the pooled model's folds (split by prompt): the pooled side's out-of-fold
+        logits come from its own penalty search; the per-model side is refitted on each fold
+        with the regularisation each model's cross-validation chose (plain logistic
+        regressions, no second search)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        fold_of, z_pooled = self.pooled_.fold_of_, self.pooled_.oof_logits_
+        known = np.isfinite(quality) & (fold_of >= 0)[:, None]
+        z_own = np.zeros(quality.shape)
+        for j, est in enumerate(self.estimators_):
+            for fold in np.unique(fold_of[fold_of >= 0]):
+                valid = fold_of == fold
+                rows = (fold_of != fold) & known[:, j]
+                q = quality[rows, j]
+                mean = float(np.clip(shrunk_means(quality[rows][:, [j]])[0], 1e-6, 1 - 1e-6))
+                if est is None or q.size < MIN_SAMPLES or min(q.sum(), (1.0 - q).sum()) < 3:
+                    z_own[valid, j] = np.log(mean / (1 - mean))
+                    continue
+                x, y, w = _soft_labels(contexts[rows], q)
+                model = make_pipeline(
+                    StandardScaler(), LogisticRegression(C=float(est[-1].C_), max_iter=2000)
+                ).fit(x, y, logisticregression__sample_weight=w)
+                z_own[valid, j] = model.decision_function(contexts[valid])
+        y = np.where(known, quality, 0.0)
+        scores: dict[float, float] = {}
+        for a in BLEND_WEIGHTS:
+            z = np.where(known, a * z_own + (1.0 - a) * np.where(known, z_pooled, 0.0), 0.0)
+            scores[a] = float((np.logaddexp(0.0, z) - y * z)[known].mean())
+        return min(scores, key=scores.__getitem__), scores
 
     def linear_form(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(W, b)`` with ``predict(X) == sigmoid(X @ W + b)`` when every estimator is a
@@ -155,10 +195,11 @@ class QualityPredictor:
             return None
         if self.estimator == "pooled":
             return self.pooled_.linear_form()
-        if self.estimator == "blend":  # the average of the two logits is linear too
+        if self.estimator == "blend":  # a mixture of two logits is linear too
             pooled_w, pooled_b = self.pooled_.linear_form()
             own = self._per_model_form(len(pooled_b), pooled_w.shape[0])
-            return (own[0] + pooled_w) / 2.0, (own[1] + pooled_b) / 2.0
+            a = self.blend_weight_
+            return a * own[0] + (1.0 - a) * pooled_w, a * own[1] + (1.0 - a) * pooled_b
         n_features = next((len(e[0].mean_) for e in self.estimators_ if e is not None), None)
         if n_features is None:
             return None

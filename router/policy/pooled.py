@@ -157,6 +157,7 @@ class PooledLogistic:
         fold_of[rows] = rng.permutation(len(rows)) % CV_FOLDS
         d, k = xs.shape[1], y.shape[1]
         scores: dict[tuple[float, float], float] = {}
+        oof: dict[tuple[float, float], np.ndarray] = {}  # out-of-fold logits per penalty pair
         for ratio in SHARED_RATIO:
             for fold in range(CV_FOLDS):
                 train, valid = fold_of != fold, fold_of == fold
@@ -171,7 +172,10 @@ class PooledLogistic:
                     m = known[valid]
                     ce = (np.logaddexp(0.0, z) - y[valid] * z)[m].sum()
                     scores[(lam, lam0)] = scores.get((lam, lam0), 0.0) + float(ce)
+                    oof.setdefault((lam, lam0), np.full(y.shape, np.nan))[valid] = z
         lam, lam0 = min(scores, key=scores.__getitem__)
+        # kept for a blend with another model judged on the same folds (QualityPredictor)
+        self.fold_of_, self.oof_logits_ = fold_of, oof[(lam, lam0)]
         return lam, lam0, scores
 
     # ---- predicting ---------------------------------------------------------------------
