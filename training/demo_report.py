@@ -144,9 +144,9 @@ def write_outputs(out_dir: Path, summary: dict[str, Any], trace: list[dict[str, 
         "Reading it: the gate's DR estimate is the candidate's value on the logged traffic (the "
         "latest decisions of the round, held out from training); the test value is on prompts "
         "the loop never saw. The traffic draws the train split's prompts with replacement, so "
-        "after a few thousand requests prompts recur and the held-out decisions share prompts "
-        "with the training ones: a candidate can then be better on the traffic (served reward "
-        "up) and worse on new prompts (test value down).",
+        "prompts recur; `train` drops from training every decision on a prompt that the "
+        "held-out slice holds (`n_excluded_prompt_in_holdout` in its MLflow run), so the gate "
+        "too judges each candidate on prompts it did not learn from.",
         f"Final champion test value {final_v['final'][0]:.3f} (quality {final_v['final'][1]:.3f}, "
         f"cost {final_v['final'][2] * 1e6:.1f} µUSD) vs the start "
         f"({summary.get('start', 'cold start')}) {final_v['cold'][0]:.3f} "
