@@ -403,6 +403,24 @@ def test_pending_feedback_is_left_out_not_imputed(logs: Path, cold: PolicyBundle
     assert (kept["quality_imputed"] & (kept["timestamp"] <= horizon)).any()  # past the window
 
 
+def test_skip_unrated_leaves_every_unrated_decision_out(logs: Path, cold: PolicyBundle) -> None:
+    """With ``skip_unrated`` no decision without feedback is learned as ``default_quality``,
+    however old; without it, those past the join window are (the default rule)."""
+    joined = join_events(read_events(logs))
+    unrated = int(joined["quality_imputed"].sum())
+    assert unrated > 0
+    skipped = train_from_logs(joined, cold, join_window_s=0.0, skip_unrated=True, seed=0)
+    assert skipped.stats["n_excluded_pending_feedback"] == unrated
+    for rows in (skipped.train_rows, skipped.holdout_rows):
+        assert not rows.frame["quality_imputed"].any()
+    # (a joined frame is not joined again: join_window_s only sets the horizon here, so the
+    # whole simulated log is past it)
+    imputed = train_from_logs(joined, cold, join_window_s=0.0, fit_reward_model=False, seed=0)
+    pending = imputed.stats.get("n_excluded_pending_feedback", 0)
+    assert isinstance(pending, int) and pending <= 1  # the last instant only
+    assert imputed.holdout_rows.frame["quality_imputed"].any()
+
+
 def test_rollback_walks_back_from_the_last_entry(sqlite_uri: str, cold: PolicyBundle) -> None:
     with model_registry.start_training_run(sqlite_uri, "history"):
         one = model_registry.log_bundle(cold)

@@ -15,25 +15,22 @@ PNG).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import shutil
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from features.errors import ConfigError, ServiceError
+from features.errors import ConfigError
 from router.bundle import PolicyBundle
-from training.bench.overhead import free_port
 from training.bundle_train import train_bundle
 from training.datasets import RoutingDataset, load_dataset
 from training.demo_report import print_round, reference, write_outputs
+from training.demo_service import GatewayTraffic, service
 from training.loop import (
     HeldOutValue,
     LoopConfig,
@@ -58,7 +55,6 @@ DEMO_MODELS = [
 # next candidate evaluable off-policy: over 2 seeds x 5 rounds it ended lower (0.56-0.59 vs
 # 0.59 test reward), so the serving exploration defaults stay.
 DEMO_POLICY: dict[str, Any] = {"learning_rate": 0.5}
-_EXAMPLE_CONFIG = Path(__file__).parents[1] / "experiments" / "configs" / "router.example.yaml"
 
 
 MARKER = ".polyroute-demo"
@@ -79,163 +75,6 @@ def _fresh_work_dir(work_dir: Path) -> None:
     (work_dir / MARKER).write_text("made by polyroute demo; emptied at the next run\n")
 
 
-class _Server:
-    """A uvicorn server on a background thread (started and stopped by the demo)."""
-
-    def __init__(self, app: Any, port: int) -> None:
-        import uvicorn
-
-        self.port = port
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive():
-                raise ServiceError(f"server on port {self.port} exited while starting")
-            if time.monotonic() > deadline:
-                raise ServiceError(f"server on port {self.port} did not start within 30 s")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-class GatewayTraffic:
-    """One round = ``n`` train-split prompts through the gateway with the OpenAI SDK."""
-
-    def __init__(
-        self,
-        base_url: str,
-        app: Any,
-        sink: Any,
-        requests_per_round: int,
-        feedback_share: float,
-        concurrency: int = 8,
-        seed: int = 0,
-        profile: str = "demo",
-    ) -> None:
-        self.base_url = base_url
-        self.app = app
-        self.sink = sink
-        self.requests_per_round = requests_per_round
-        self.feedback_share = feedback_share
-        self.concurrency = concurrency
-        self.seed = seed
-        self.profile = profile
-        self.trace: list[dict[str, Any]] = []
-
-    def _serving_version(self) -> str:
-        return str(self.app.state.gateway.engine.bundle.version)
-
-    def _wait_for(self, version: str, timeout_s: float = 60.0) -> float:
-        start = time.monotonic()
-        while self._serving_version() != version:
-            if time.monotonic() - start > timeout_s:
-                raise ServiceError(
-                    f"the gateway still serves {self._serving_version()} {timeout_s:.0f} s after "
-                    f"{version} became @champion"
-                )
-            time.sleep(0.1)
-        return time.monotonic() - start
-
-    def serve_round(
-        self, round_index: int, champion: PolicyBundle, prompts: RoutingDataset
-    ) -> dict[str, float]:
-        waited = self._wait_for(champion.version)
-        rng = np.random.default_rng(self.seed * 1000 + round_index)
-        rows = rng.integers(0, prompts.n_prompts, size=self.requests_per_round)
-        texts = prompts.prompts["prompt"].to_numpy()[rows].tolist()
-        send_feedback = (rng.random(len(texts)) < self.feedback_share).tolist()
-        spec = champion.reward
-        results = asyncio.run(self._send_all(texts, send_feedback))
-        self.sink.flush()  # retraining reads the files next
-        rewards = []
-        for item in results:
-            if item is None:
-                continue
-            reward = item["score"] - spec.w_cost * item["cost"] / spec.cost_scale
-            rewards.append(reward)
-            self.trace.append(
-                {"round": round_index, "reward": reward, "model": item["model"], **item}
-            )
-        return {
-            "n": len(rewards),
-            "mean_reward": float(np.mean(rewards)) if rewards else float("nan"),
-            "errors": float(sum(item is None for item in results)),
-            "reload_wait_s": waited,
-        }
-
-    async def _send_all(
-        self, texts: list[str], send_feedback: list[bool]
-    ) -> list[dict[str, Any] | None]:
-        import httpx
-        import openai
-
-        limit = asyncio.Semaphore(self.concurrency)
-        async with (
-            httpx.AsyncClient(base_url=self.base_url.removesuffix("/v1"), timeout=30) as http,
-            openai.AsyncOpenAI(base_url=self.base_url, api_key="demo", max_retries=0) as client,
-        ):
-
-            async def one(text: str, feedback: bool) -> dict[str, Any] | None:
-                async with limit:
-                    try:
-                        raw = await client.chat.completions.with_raw_response.create(
-                            model=self.profile,
-                            messages=[{"role": "user", "content": text}],
-                        )
-                    except (openai.APIError, httpx.HTTPError) as exc:
-                        logger.warning("request failed: %s", exc)
-                        return None
-                    completion = raw.parse()
-                    score = raw.headers.get("x-replay-score")
-                    if score is None:
-                        return None
-                    decision_id = raw.headers["x-polyroute-decision-id"]
-                    if feedback:
-                        try:
-                            response = await http.post(
-                                "/v1/feedback",
-                                json={"decision_id": decision_id, "quality": float(score)},
-                            )
-                            response.raise_for_status()
-                        except httpx.HTTPError as exc:  # the answer counts; its rating is lost
-                            logger.warning("feedback for %s failed: %s", decision_id, exc)
-                    return {
-                        "score": float(score),
-                        "cost": float(raw.headers.get("x-polyroute-cost-usd", 0.0)),
-                        "model": completion.model,
-                        "decision_id": decision_id,
-                    }
-
-            pairs = zip(texts, send_feedback, strict=True)
-            return list(await asyncio.gather(*(one(t, f) for t, f in pairs)))
-
-
-def _gateway_config(replay_url: str, tracking_uri: str, events_dir: Path, models: list[str]) -> Any:
-    from router.config import RouterConfig, load_config
-
-    raw = load_config(_EXAMPLE_CONFIG).model_dump()
-    for model in raw["models"]:
-        model["provider"]["base_url"] = replay_url
-    raw["tenants"] = []
-    raw["events"]["directory"] = str(events_dir)
-    # the champion's own reward weights (a VW champion cannot decide under others)
-    raw["profiles"] = {"default": {}, "demo": {"models": models}}
-    raw["policy"] = {
-        "registry": {"tracking_uri": tracking_uri, "alias": "champion"},
-        "poll_s": 0.5,
-    }
-    return RouterConfig.model_validate(raw)
-
-
 def run_demo(
     out_dir: Path,
     work_dir: Path,
@@ -244,13 +83,19 @@ def run_demo(
     concurrency: int = 8,
     policy_params: dict[str, Any] | None = None,
     cold: bool = False,
+    prior_share: float = 1.0,
 ) -> dict[str, Any]:
     """Run the loop (through the service unless ``offline``) and write the results.
 
     ``cold``: start from an untrained VW policy (the learning curve from nothing) instead of the
     shipped prior. ``policy_params``: the cold-start VW policy's parameters (default
-    :data:`DEMO_POLICY`).
+    :data:`DEMO_POLICY`). ``prior_share`` < 1: the prior is fitted on that share of the train
+    split's prompts (seeded) and the traffic draws only the others, so the loop learns on
+    prompts its prior never saw (with 1, the shipped prior, traffic repeats its training
+    prompts).
     """
+    if not 0.0 < prior_share <= 1.0:
+        raise ConfigError(f"--prior-share must be in (0, 1], got {prior_share}")
     policy_params = policy_params or dict(DEMO_POLICY)
     from training import model_registry
 
@@ -261,6 +106,7 @@ def run_demo(
     tracking_uri = f"sqlite:///{work_dir / 'mlflow.db'}"
     use_experiment(model_registry.TRAINING_EXPERIMENT, tracking_uri)
     data = load_dataset("bundled")
+    prior_data, traffic_data = _split_for_prior(data, prior_share, config.seed)
     started = time.perf_counter()
     if cold:
         # the cold-start demo learns everything from the loop's logs, which VW's online learner
@@ -269,7 +115,8 @@ def run_demo(
             data, cold_start=True, policy_name="vw_squarecb", policy_params=policy_params
         )
     else:
-        start = train_bundle(data)  # the shipped prior: `polyroute bundle --dataset bundled`
+        # the shipped prior (`polyroute bundle --dataset bundled`) unless prior_share < 1
+        start = train_bundle(prior_data)
     origin = "cold start" if cold else "prior"
     base_dir = start.save(work_dir / "start-bundle")
     events_dir = work_dir / "events"
@@ -289,12 +136,12 @@ def run_demo(
             )
         else:
             traffic = stack.enter_context(
-                _service(config, data, start, events_dir, tracking_uri, concurrency)
+                service(config, data, start, events_dir, tracking_uri, concurrency)
             )
         results = run_loop(
             config,
             traffic,
-            data,
+            traffic_data,
             events_dir,
             tracking_uri,
             base_dir,
@@ -308,6 +155,7 @@ def run_demo(
     summary = {
         "mode": "offline" if offline else "service",
         "start": origin,
+        "prior_share": prior_share,
         "config": {**asdict(config), "gate": asdict(config.gate)},
         "rounds": [asdict(r) for r in results],
         "final": final,
@@ -319,45 +167,22 @@ def run_demo(
     return summary
 
 
-@contextlib.contextmanager
-def _service(
-    config: LoopConfig,
-    data: RoutingDataset,
-    cold: PolicyBundle,
-    events_dir: Path,
-    tracking_uri: str,
-    concurrency: int,
-) -> Iterator[GatewayTraffic]:
-    """Replay backends and the gateway on loopback for the loop's traffic; stopped on exit."""
-    from router.app import create_app
-    from router.events import FileEventSink
-    from training.replay.server import ReplayConfig, create_replay_app
-
-    replay_port, gateway_port = free_port(), free_port()
-    replay_url = f"http://127.0.0.1:{replay_port}/v1"
-    gateway_config = _gateway_config(replay_url, tracking_uri, events_dir, config.models or [])
-    sink = FileEventSink(events_dir, put_timeout_s=0.0)
-    try:
-        app = create_app(gateway_config, cold, sink, seed=config.seed)
-        traffic = GatewayTraffic(
-            f"http://127.0.0.1:{gateway_port}/v1",
-            app,
-            sink,
-            config.requests_per_round,
-            config.feedback_share,
-            concurrency=concurrency,
-            seed=config.seed,
-        )
-        replay_app = create_replay_app(data, ReplayConfig(time_scale=0.0))
-        with _Server(replay_app, replay_port), _Server(app, gateway_port):
-            print(
-                f"replay backends {replay_url}, gateway http://127.0.0.1:{gateway_port}/v1, "
-                f"MLflow {tracking_uri}",
-                flush=True,
-            )
-            yield traffic
-    finally:
-        sink.close()
+def _split_for_prior(
+    data: RoutingDataset, prior_share: float, seed: int
+) -> tuple[RoutingDataset, RoutingDataset]:
+    """(the prior's dataset, the traffic's dataset): each keeps the whole test split; the
+    train split's prompts are divided, ``prior_share`` of them (seeded) to the prior."""
+    if prior_share >= 1.0:
+        return data, data
+    split = data.prompts["split"].to_numpy()
+    train = np.flatnonzero(split == "train")
+    test = np.flatnonzero(split != "train")
+    rng = np.random.default_rng(seed)
+    to_prior = np.zeros(len(split), bool)
+    to_prior[rng.choice(train, round(prior_share * len(train)), replace=False)] = True
+    prior_rows = np.sort(np.concatenate([np.flatnonzero(to_prior), test]))
+    traffic_rows = np.sort(np.concatenate([np.setdiff1d(train, np.flatnonzero(to_prior)), test]))
+    return data.subset(prior_rows), data.subset(traffic_rows)
 
 
 CURVE_WEIGHTS = (0.0, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)

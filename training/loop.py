@@ -53,6 +53,8 @@ class LoopConfig:
     n_bootstrap: int = 500
     n_test: int = 600
     seed: int = 0
+    # the simulated callers rate a random share of answers: a missing rating says nothing
+    skip_unrated: bool = True
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.requests_per_round < 50:
@@ -154,6 +156,7 @@ def run_loop(
                 report_dir=str(report_dir),
                 n_bootstrap=config.n_bootstrap,
                 seed=config.seed + r,
+                skip_unrated=config.skip_unrated,
             )
         )
         retrain_seconds = time.perf_counter() - retrain_start

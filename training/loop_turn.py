@@ -35,6 +35,7 @@ from training.train import (
     load_events,
     parse_since,
     train_from_logs,
+    unrated_horizon,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class RetrainConfig:
     holdout: float = 0.3
     join_window_s: float = DEFAULT_JOIN_WINDOW_S
     default_quality: float = DEFAULT_QUALITY
+    skip_unrated: bool = False  # leave out every decision without feedback (see train_from_logs)
     w_cost: float | None = None  # None: the champion's reward weights
     w_latency: float | None = None
     gate: GateConfig = field(default_factory=GateConfig)
@@ -137,6 +139,7 @@ def _log_run(
         "since": "" if since is None else since,
         "join_window_s": config.join_window_s,
         "default_quality": config.default_quality,
+        "skip_unrated": config.skip_unrated,
         "holdout": config.holdout,
         "warm_start": config.warm_start,
         "champion_version": champion_version,
@@ -181,6 +184,7 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
         join_window_s=config.join_window_s,
         default_quality=config.default_quality,
         seed=config.seed,
+        skip_unrated=config.skip_unrated,
     )
     # the champion is judged under the candidate's reward (its pmf does not depend on it), so
     # a change of weights cannot pass for an improvement
@@ -201,7 +205,9 @@ def retrain(config: RetrainConfig) -> RetrainOutcome:
             alpha=config.gate.alpha,
             min_ess=config.gate.min_ess,
             # the holdout is a slice of the log: pending feedback is judged on the whole log
-            feedback_horizon=float(result.joined["timestamp"].max()) - config.join_window_s,
+            feedback_horizon=unrated_horizon(
+                result.joined, config.join_window_s, config.skip_unrated
+            ),
         )
         decision = gate(evaluation, "candidate", "champion", config.gate)
         report_dir = Path(config.report_dir)

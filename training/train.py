@@ -165,6 +165,15 @@ def prompt_keys(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(keys, index=frame.index)
 
 
+def unrated_horizon(joined: pd.DataFrame, join_window_s: float, skip_unrated: bool) -> float:
+    """The decision time after which a decision without feedback is left out as pending: the
+    join window before the log's last decision, or -inf with ``skip_unrated`` (every unrated
+    decision is left out). Training and evaluation use the same horizon."""
+    if skip_unrated or joined.empty:
+        return float("-inf")
+    return float(joined["timestamp"].max()) - join_window_s
+
+
 def select_learnable(
     joined: pd.DataFrame,
     feature_version: str,
@@ -278,6 +287,7 @@ def train_from_logs(
     seed: int = 0,
     min_rows: int = 50,
     fit_reward_model: bool = True,
+    skip_unrated: bool = False,
 ) -> TrainResult:
     """Train a candidate bundle from logged events (see the module docstring for each step).
 
@@ -289,6 +299,10 @@ def train_from_logs(
         train several policies on one join).
     reward : the reward spec to learn (default: the base bundle's).
     fit_reward_model : False when only the policy is wanted (``reward_model`` is then None).
+    skip_unrated : leave out every decision without quality feedback (``pending_feedback``),
+        not only those still inside the join window, instead of learning ``default_quality``:
+        right when feedback is missing at random (a share of callers rate), wrong when a
+        missing rating means something (then keep the default rule).
     """
     from training.reward_model import RewardModel
 
@@ -305,7 +319,7 @@ def train_from_logs(
             "at --since, or after what the warm-start champion already learned)"
         )
     # feedback can still arrive for decisions within the join window of the log's last decision
-    horizon = float(joined["timestamp"].max()) - join_window_s
+    horizon = unrated_horizon(joined, join_window_s, skip_unrated)
     rows = select_learnable(
         joined, base.featurizer.version_, spec, base.catalogue.names, feedback_horizon=horizon
     )

@@ -28,6 +28,7 @@ def _train(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         join_window_s=args.join_window_s,
         default_quality=args.default_quality,
+        skip_unrated=args.skip_unrated,
         w_cost=args.w_cost,
         w_latency=args.w_latency,
         gate=GateConfig(margin=args.margin, min_ess=args.min_ess, estimator=args.estimator),
@@ -134,6 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
         offline=args.offline,
         concurrency=args.concurrency,
         cold=args.cold,
+        prior_share=args.prior_share,
     )
     final = summary["final"]
     print(
@@ -171,6 +173,12 @@ def add_commands(sub: Any) -> None:
     )
     train.add_argument(
         "--default-quality", type=float, default=0.0, help="quality without feedback"
+    )
+    train.add_argument(
+        "--skip-unrated",
+        action="store_true",
+        help="leave out every decision without feedback instead of learning --default-quality "
+        "(right when callers rate a random share of answers; default: off)",
     )
     train.add_argument("--w-cost", type=float, help="reward cost weight (default: champion's)")
     train.add_argument(
@@ -223,6 +231,14 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="start from an untrained VW policy (the learning curve from nothing) instead of the "
         "shipped prior (default: off)",
+    )
+    demo.add_argument(
+        "--prior-share",
+        type=float,
+        default=1.0,
+        help="fit the prior on this share of the sample's train prompts and send traffic from "
+        "the others only (default: 1.0, the shipped prior, whose training prompts the traffic "
+        "repeats)",
     )
     demo.add_argument(
         "--out", default="experiments/results/demo", help="directory of the demo's results"
