@@ -276,19 +276,12 @@ def test_other_bad_inputs() -> None:
         oi.clopper_pearson_interval(np.ones(3), np.array([0.0, -1.0, 1.0]))
 
 
-# ---- the coverage experiment (training/ope_coverage.py) on a small slice of the bundled sample --
+# ---- the coverage experiment (training/ope_coverage*.py) on a small slice of the bundled sample
 @pytest.mark.slow  # fits a candidate and runs nine coverage experiments: ~60 s of CPU
 def test_coverage_runs_on_a_small_slice(small: Any) -> None:
-    from training.ope_coverage import (
-        COMPARISON,
-        CoverageConfig,
-        build_problem,
-        fit_candidate,
-        run_coverage,
-        scenario_meta,
-        summarise,
-    )
+    from training.ope_coverage import COMPARISON, run_coverage, scenario_meta, summarise
     from training.ope_coverage_report import markdown_report
+    from training.ope_coverage_scenarios import CoverageConfig, build_problem, fit_candidate
     from training.ope_support import VERDICTS
 
     candidate = fit_candidate(small, w_cost=0.2, seed=0)

@@ -42,8 +42,9 @@ import yaml
 from features.errors import ConfigError
 from router.events.codec import FRAME_KIND
 from router.events.file_sink import event_files
+from training.bench.loadgen import HttpError, KeepAliveClient, _cpu_seconds
 from training.bench.mock_upstream import install_uvloop
-from training.bench.overhead import HttpError, KeepAliveClient, _cpu_seconds, _wait, free_port
+from training.bench.overhead import _wait, free_port
 
 SCENARIOS = (
     "healthy",

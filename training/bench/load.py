@@ -1,8 +1,9 @@
 """The load benchmark (``polyroute bench-load``): in one run, direct vs polyroute at several
 rates, the gateway's CPU per request and resident memory, and an overload point.
 
-It reuses the overhead benchmark's processes and load generator (:mod:`training.bench.overhead`:
-the mock upstream, one ``polyroute serve`` worker, a fixed schedule of keep-alive requests):
+It reuses the overhead benchmark's processes and load generator (:mod:`training.bench.overhead`
+and :mod:`training.bench.loadgen`: the mock upstream, one ``polyroute serve`` worker, a fixed
+schedule of keep-alive requests):
 
 1. each rate of ``rates`` (requests/s per path): the same requests directly to the mock upstream
    and through the router, side by side (:func:`training.bench.overhead.rate_row`);
@@ -24,7 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from training.bench.overhead import rate_row, rss_mb, serving, warm_up
+from training.bench.loadgen import rss_mb
+from training.bench.overhead import rate_row, serving, warm_up
 
 BASELINE = {"limiter": "fixed", "queue_wait_ms": 50.0}  # main's admission, example config
 
