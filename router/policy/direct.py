@@ -130,6 +130,7 @@ class QualityPredictor:
 
             self.pooled_: PooledLogistic = PooledLogistic(seed=self.seed).fit(contexts, quality)
             if self.estimator == "pooled":
+                self.pooled_.fold_of_ = self.pooled_.oof_logits_ = None
                 return self
         for j in range(len(models)):
             known = np.isfinite(quality[:, j])
@@ -148,6 +149,8 @@ class QualityPredictor:
             self.estimators_.append(est)
         if self.estimator == "blend":
             self.blend_weight_, self.blend_scores_ = self._choose_blend_weight(contexts, quality)
+        if self.estimator == "blend":  # not saved with the bundle: n x K floats
+            self.pooled_.fold_of_ = self.pooled_.oof_logits_ = None
         return self
 
     def _choose_blend_weight(
@@ -163,6 +166,7 @@ class QualityPredictor:
         from sklearn.preprocessing import StandardScaler
 
         fold_of, z_pooled = self.pooled_.fold_of_, self.pooled_.oof_logits_
+        assert fold_of is not None and z_pooled is not None  # set by the penalty search
         known = np.isfinite(quality) & (fold_of >= 0)[:, None]
         z_own = np.zeros(quality.shape)
         for j, est in enumerate(self.estimators_):

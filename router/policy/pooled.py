@@ -174,8 +174,10 @@ class PooledLogistic:
                     scores[(lam, lam0)] = scores.get((lam, lam0), 0.0) + float(ce)
                     oof.setdefault((lam, lam0), np.full(y.shape, np.nan))[valid] = z
         lam, lam0 = min(scores, key=scores.__getitem__)
-        # kept for a blend with another model judged on the same folds (QualityPredictor)
-        self.fold_of_, self.oof_logits_ = fold_of, oof[(lam, lam0)]
+        # kept for a blend with another model judged on the same folds (QualityPredictor,
+        # which drops them once used: a saved model does not carry them)
+        self.fold_of_: np.ndarray | None = fold_of
+        self.oof_logits_: np.ndarray | None = oof[(lam, lam0)]
         return lam, lam0, scores
 
     # ---- predicting ---------------------------------------------------------------------
