@@ -12,7 +12,8 @@ from features.featurizer import FeaturizerConfig, RequestFeaturizer
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.direct import QualityPredictor
-from router.policy.quality import QualitySquareCBPolicy, igw_pmf
+from router.policy.igw import igw_pmf
+from router.policy.quality import QualitySquareCBPolicy
 from training.datasets import RoutingDataset
 from training.evaluation import Reference
 from training.simulate import quality_policy_curve, replay_rounds, true_rewards
@@ -188,3 +189,33 @@ def test_cold_policy_explores_every_model_until_it_has_enough_outcomes(fitted: F
     greedy = QualitySquareCBPolicy(reward=spec, min_outcomes=0)
     pmf = greedy.predict_one(x[0], actions)
     assert np.all(pmf > 0) and np.argmax(pmf) == cheapest
+
+
+def test_ips_residuals_weight_each_outcome_by_its_inverse_probability(tmp_path: Path) -> None:
+    """``residuals="ips"``: b = (sum w r / sum w) * n_eff / (n_eff + kappa) with w = 1 / p, so
+    an outcome logged at a low probability (exploration, where the policy did not rate the
+    model highest) counts for more than one the policy was sure of; saved and loaded with
+    the policy."""
+    actions = [Action(m, np.zeros(1)) for m in ("a", "b")]
+    x = np.zeros((40, 2))
+    q = np.full((40, 2), 0.5)
+    policy = QualitySquareCBPolicy(RewardSpec(), residuals="ips", kappa=2.0).fit(x, actions, q)
+    predicted = policy.quality(x[:1], ["a"])[0, 0]
+    logged = [(0.9, predicted - 0.1), (0.9, predicted - 0.1), (0.1, predicted + 0.2)]
+    for p, reward in logged:
+        policy.learn_one(x[0], actions, 0, p, reward)
+    w = np.array([1 / p for p, _ in logged])
+    r = np.array([reward - predicted for _, reward in logged])
+    n_eff = w.sum() ** 2 / (w**2).sum()
+    expected = (w @ r / w.sum()) * n_eff / (n_eff + 2.0)
+    assert expected > 0  # the rare, explored outcome outweighs the two sure ones
+    np.testing.assert_allclose(policy.residuals(["a", "b"]), [expected, 0.0])
+    plain = QualitySquareCBPolicy(RewardSpec(), kappa=2.0).fit(x, actions, q)
+    for p, reward in logged:
+        plain.learn_one(x[0], actions, 0, p, reward)
+    np.testing.assert_allclose(plain.residuals(["a"]), [r.sum() / (3 + 2.0)])  # < 0
+    loaded = Policy.load(policy.save(tmp_path / "p"))
+    assert isinstance(loaded, QualitySquareCBPolicy)
+    np.testing.assert_allclose(loaded.residuals(["a", "b"]), [expected, 0.0])
+    with pytest.raises(PolicyError, match="residuals"):
+        QualitySquareCBPolicy(RewardSpec(), residuals="weighted")

@@ -16,7 +16,8 @@ import numpy as np
 from features.errors import ConfigError
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, Policy, RewardSpec
-from router.policy.quality import QualitySquareCBPolicy, igw_pmf
+from router.policy.igw import igw_pmf
+from router.policy.quality import QualitySquareCBPolicy
 from training.datasets import RoutingDataset
 from training.metrics import Curve
 

@@ -23,7 +23,7 @@ for k, (a, b) in enumerate(KFold(folds, shuffle=True, random_state=0).split(np.a
     ref = Reference.of(tr); scale = ref.c_hi
     spec = RewardSpec(w_cost=lam, cost_scale=scale)
     lab = np.random.default_rng(1).random(tr.n_prompts) < share if share > 0 else None
-    out = replay_rounds(lambda: QualitySquareCBPolicy(reward=spec, gamma_scale=gs, min_outcomes=int(os.environ.get("MINOUT", "0")), estimator=os.environ.get("ESTIMATOR", "logistic_cv"), optimism=float(os.environ.get("OPTIMISM", "0"))), tr, xtr, cat,
+    out = replay_rounds(lambda: QualitySquareCBPolicy(reward=spec, gamma_scale=gs, min_outcomes=int(os.environ.get("MINOUT", "0")), estimator=os.environ.get("ESTIMATOR", "logistic_cv"), optimism=float(os.environ.get("OPTIMISM", "0")), residuals=os.environ.get("RESIDUALS", "chosen")), tr, xtr, cat,
                         cat.expected_cost(xtr, tr.input_tokens), cat.expected_latency(xtr), labelled=lab, rounds=rounds)
     curve = quality_policy_curve(out.policy, va, xva, cat.expected_cost(xva, va.input_tokens), scale, lambda_grid(40))
     rv = Reference.of(va)

@@ -44,38 +44,14 @@ import numpy as np
 from features.errors import PolicyError
 from router.policy.base import Action, Policy, RewardSpec
 from router.policy.direct import QualityPredictor
+from router.policy.igw import igw_pmf
 
 logger = logging.getLogger(__name__)
 
+RESIDUALS = ("chosen", "ips")
+MIN_PROPENSITY = 1e-3  # the 1 / p weights of "ips" residuals are capped at 1,000
 PREDICTOR_FILE = "predictor.joblib"  # the prior's scikit-learn estimators (a pickle)
 LINEAR_FILE = "prior_linear.npz"  # its linear form: what serving decides with, no pickle
-
-
-def igw_pmf(
-    rewards: np.ndarray, gamma: float, epsilon: float, unexplored: np.ndarray | None = None
-) -> np.ndarray:
-    """SquareCB's inverse-gap-weighted pmf over ``rewards`` (higher is better), then the floor
-    ``p >= epsilon / K`` by moving mass from the actions above it (as VW's
-    ``enforce_minimum_probability``). ``unexplored`` actions (a boolean mask) get the floor
-    ``1 / K`` instead: with every action unexplored the pmf is uniform."""
-    k = len(rewards)
-    if k == 1:
-        return np.ones(1)
-    best = int(np.argmax(rewards))
-    p: np.ndarray = 1.0 / (k + gamma * (rewards[best] - rewards))
-    p[best] = 0.0
-    p[best] = 1.0 - p.sum()
-    floor = np.full(k, epsilon / k)
-    if unexplored is not None:
-        floor[unexplored] = 1.0 / k
-    low = p < floor
-    if low.any():
-        need = float((floor[low] - p[low]).sum())
-        high = ~low
-        excess = p[high] - floor[high]
-        p[high] -= need * excess / excess.sum()
-        p[low] = floor[low]
-    return p
 
 
 class QualitySquareCBPolicy(Policy):
@@ -100,6 +76,13 @@ class QualitySquareCBPolicy(Policy):
         Weight of :meth:`bonus`, an optimistic bonus ``0.5 / sqrt(n_m + 1)`` on a model with
         ``n_m`` known outcomes, so that a cold start does not lock out a model after a few
         unlucky draws (experiments/results/routing_value.md). 0 (default) turns it off.
+    residuals : {"chosen", "ips"}
+        How a model's residual averages its feedback. ``chosen`` (default): the plain mean over
+        the decisions that chose it, i.e. where the policy rated it highest, which is where its
+        prediction is most often too high (the winner's curse), yet the shift applies
+        everywhere. ``ips``: each outcome weighted by ``1 / p`` of its logged probability
+        (self-normalised, p floored at 0.001), an estimate of the mean residual over all the
+        traffic, shrunk by its effective sample size ``n_eff / (n_eff + kappa)``.
     estimator, C : the prior quality predictor (see ``QualityPredictor``). Default ``"blend"``:
         per-model logistic regressions and the pooled model that shares strength across
         models, mixed with a weight chosen by cross-validated log-loss; in train-split
@@ -121,6 +104,7 @@ class QualitySquareCBPolicy(Policy):
         kappa: float = 20.0,
         min_outcomes: int = 0,
         optimism: float = 0.0,
+        residuals: str = "chosen",
         estimator: str = "blend",
         C: float = 0.1,
     ) -> None:
@@ -137,6 +121,9 @@ class QualitySquareCBPolicy(Policy):
             raise PolicyError(f"min_outcomes must be >= 0, got {min_outcomes}")
         if not optimism >= 0:
             raise PolicyError(f"optimism must be >= 0, got {optimism}")
+        if residuals not in RESIDUALS:
+            raise PolicyError(f"residuals must be one of {RESIDUALS}, got {residuals!r}")
+        self.residual_mode = residuals
         self.epsilon = epsilon
         self.gamma_scale = gamma_scale
         self.gamma_exponent = gamma_exponent
@@ -156,6 +143,10 @@ class QualitySquareCBPolicy(Policy):
         self.prior_counts_: dict[str, int] = {}  # known outcomes per model behind the prior
         self.residual_sum_: dict[str, float] = {}
         self.residual_count_: dict[str, int] = {}
+        # the same residuals weighted by 1 / p: sum(w * r), sum(w), sum(w^2) per model
+        self.weighted_sum_: dict[str, float] = {}
+        self.weight_sum_: dict[str, float] = {}
+        self.weight_sq_: dict[str, float] = {}
         self._linear: tuple[np.ndarray, np.ndarray] | None = None
         self._explored: set[str] = set()  # models known to have >= min_outcomes outcomes
 
@@ -193,6 +184,7 @@ class QualitySquareCBPolicy(Policy):
             "kappa": self.kappa,
             "min_outcomes": self.min_outcomes,
             "optimism": self.optimism,
+            "residuals": self.residual_mode,
             "estimator": self.estimator,
             "C": self.C,
         }
@@ -226,6 +218,10 @@ class QualitySquareCBPolicy(Policy):
         model = actions[chosen].model
         self.residual_sum_[model] = self.residual_sum_.get(model, 0.0) + reward - predicted
         self.residual_count_[model] = self.residual_count_.get(model, 0) + 1
+        w = 1.0 / max(probability, MIN_PROPENSITY)
+        self.weighted_sum_[model] = self.weighted_sum_.get(model, 0.0) + w * (reward - predicted)
+        self.weight_sum_[model] = self.weight_sum_.get(model, 0.0) + w
+        self.weight_sq_[model] = self.weight_sq_.get(model, 0.0) + w * w
 
     # ---- deciding -----------------------------------------------------------------------
     def quality(self, contexts: np.ndarray, models: Sequence[str]) -> np.ndarray:
@@ -249,6 +245,14 @@ class QualitySquareCBPolicy(Policy):
 
     def residuals(self, models: Sequence[str]) -> np.ndarray:
         """Each model's learned residual ``b_m`` (0 for a model never chosen)."""
+        if self.residual_mode == "ips":
+            out = np.zeros(len(models))
+            for j, m in enumerate(models):
+                total = self.weight_sum_.get(m, 0.0)
+                if total > 0:
+                    n_eff = total * total / self.weight_sq_[m]
+                    out[j] = self.weighted_sum_[m] / total * n_eff / (n_eff + self.kappa)
+            return out
         return np.array(
             [
                 self.residual_sum_.get(m, 0.0) / (self.residual_count_.get(m, 0) + self.kappa)
@@ -314,6 +318,9 @@ class QualitySquareCBPolicy(Policy):
             "prior_counts": self.prior_counts_,
             "residual_sum": self.residual_sum_,
             "residual_count": self.residual_count_,
+            "weighted_sum": self.weighted_sum_,
+            "weight_sum": self.weight_sum_,
+            "weight_sq": self.weight_sq_,
         }
         (path / "residuals.json").write_text(json.dumps(state, indent=2))
         if self._predictor_pickle is not None:  # loaded and never unpickled: the same bytes
@@ -338,6 +345,13 @@ class QualitySquareCBPolicy(Policy):
         self._explored = set()
         self.residual_sum_ = {str(k): float(v) for k, v in state["residual_sum"].items()}
         self.residual_count_ = {str(k): int(v) for k, v in state["residual_count"].items()}
+        # (a bundle saved before the weighted sums existed has none: they start empty)
+        for key, attr in (
+            ("weighted_sum", "weighted_sum_"),
+            ("weight_sum", "weight_sum_"),
+            ("weight_sq", "weight_sq_"),
+        ):
+            setattr(self, attr, {str(k): float(v) for k, v in state.get(key, {}).items()})
         if not all(math.isfinite(v) for v in self.residual_sum_.values()):
             raise PolicyError(f"{path}: residuals.json holds a non-finite residual")
         model, linear = path / PREDICTOR_FILE, path / LINEAR_FILE
