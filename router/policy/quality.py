@@ -14,10 +14,10 @@ probability is exact and > 0, so off-policy evaluation stays valid.
 
 Two sources of learning, one policy:
 
-- **full information** (``fit``): a per-model quality predictor
-  (:class:`router.policy.direct.QualityPredictor`: standardised logistic regression per model,
-  regularisation chosen by cross-validated log-loss) on any labelled set: a benchmark dataset,
-  the bundled sample, a user's own evaluations. Its decisions are the direct router's.
+- **full information** (``fit``): a quality predictor
+  (:class:`router.policy.direct.QualityPredictor`; by default per-model logistic regressions
+  blended with a pooled model across models, each regularised by cross-validated log-loss) on
+  any labelled set: a benchmark dataset, the bundled sample, a user's own evaluations.
 - **bandit feedback** (``learn_one``): a per-model residual ``b_m``, the shrunken mean of
   ``observed reward - predicted reward`` over the decisions that chose ``m``:
   ``b_m = sum(residuals) / (n_m + kappa)``. A model whose answers or prices drifted away from the
@@ -87,7 +87,8 @@ class QualitySquareCBPolicy(Policy):
         per-model logistic regressions and the pooled model that shares strength across
         models, mixed with a weight chosen by cross-validated log-loss; in train-split
         cross-validation it matched or beat per-model LR-CV on both shared datasets, with full
-        information and with one outcome per prompt (experiments/results/routing_value.md).
+        information and with one outcome per prompt, though not in every adaptive loop
+        (experiments/results/routing_value.md).
     """
 
     name = "squarecb_quality"
