@@ -419,6 +419,13 @@ def test_skip_unrated_leaves_every_unrated_decision_out(logs: Path, cold: Policy
     pending = imputed.stats.get("n_excluded_pending_feedback", 0)
     assert isinstance(pending, int) and pending <= 1  # the last instant only
     assert imputed.holdout_rows.frame["quality_imputed"].any()
+    # off-policy evaluation applies the same rule (`polyroute evaluate --skip-unrated`)
+    from training.ope_logged import evaluate_policies
+
+    evaluation = evaluate_policies(
+        joined, {"cold": cold}, n_bootstrap=20, join_window_s=0.0, skip_unrated=True
+    )
+    assert evaluation.n_excluded["pending_feedback"] == unrated
 
 
 def test_rollback_walks_back_from_the_last_entry(sqlite_uri: str, cold: PolicyBundle) -> None:

@@ -112,7 +112,7 @@ def run_demo(
         # the cold-start demo learns everything from the loop's logs, which VW's online learner
         # does from the first round (the quality policy's prior comes from labelled data)
         start = train_bundle(
-            data, cold_start=True, policy_name="vw_squarecb", policy_params=policy_params
+            prior_data, cold_start=True, policy_name="vw_squarecb", policy_params=policy_params
         )
     else:
         # the shipped prior (`polyroute bundle --dataset bundled`) unless prior_share < 1

@@ -24,6 +24,7 @@ from typing import Any
 
 from features.errors import ConfigError, PolicyError
 from router.bundle import PolicyBundle
+from router.events.join import unrated_horizon
 from router.policy.base import RewardSpec
 from training import model_registry
 from training.promote import GateConfig, GateDecision, apply_decision, gate
@@ -35,7 +36,6 @@ from training.train import (
     load_events,
     parse_since,
     train_from_logs,
-    unrated_horizon,
 )
 
 logger = logging.getLogger(__name__)

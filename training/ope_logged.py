@@ -43,7 +43,7 @@ import pandas as pd
 
 from features.errors import DatasetError, PolicyError
 from router.bundle import PolicyBundle
-from router.events.join import join_events
+from router.events.join import join_events, unrated_horizon
 from router.events.models import Event
 from router.policy.actions import ActionCatalogue
 from router.policy.base import Action, RewardSpec
@@ -174,6 +174,7 @@ def evaluate_policies(
     join_window_s: float = 3600.0,
     default_quality: float = 0.0,
     feedback_horizon: float | None = None,
+    skip_unrated: bool = False,
     equivalence: float = ope_support.DEFAULT_EQUIVALENCE,
 ) -> PolicyEvaluation:
     """Evaluate ``policies`` (name -> :class:`PolicyBundle` or policy) and baselines off-policy.
@@ -194,7 +195,9 @@ def evaluate_policies(
     n_folds : folds of the reward model's cross-fitting.
     feedback_horizon : decisions after it without quality feedback are left out as still
         pending (as training leaves them out); default: ``join_window_s`` before the last
-        decision of ``joined``. Pass the horizon of the whole log when ``joined`` is a slice.
+        decision of ``joined``, or every unrated decision with ``skip_unrated`` (the rule of
+        :func:`router.events.join.unrated_horizon`, which training uses). Pass the horizon of the
+        whole log when ``joined`` is a slice.
     equivalence : the reward difference below which :meth:`PolicyEvaluation.improvement`'s
         verdict may say "no clear difference" (:func:`training.ope_support.verdict`).
 
@@ -224,7 +227,7 @@ def evaluate_policies(
     # the same rule as training: feedback may still arrive within the join window of the log's end
     horizon = feedback_horizon
     if horizon is None and len(frame):
-        horizon = float(frame["timestamp"].max()) - join_window_s
+        horizon = unrated_horizon(frame, join_window_s, skip_unrated)
     versions = {t.name: t.feature_version for t in targets}
     frame, excluded, notes = select_rows(frame, versions, models, horizon)
     if models is None:

@@ -48,7 +48,7 @@ import pandas as pd
 
 from features.errors import ConfigError, DatasetError
 from router.bundle import PolicyBundle
-from router.events.join import charge_failures, join_events
+from router.events.join import charge_failures, join_events, unrated_horizon
 from router.events.models import DecisionEvent, Event
 from router.policy.base import Action, Policy, RewardSpec
 
@@ -163,15 +163,6 @@ def prompt_keys(frame: pd.DataFrame) -> pd.Series:
         for c in frame["context_features"]
     ]
     return pd.Series(keys, index=frame.index)
-
-
-def unrated_horizon(joined: pd.DataFrame, join_window_s: float, skip_unrated: bool) -> float:
-    """The decision time after which a decision without feedback is left out as pending: the
-    join window before the log's last decision, or -inf with ``skip_unrated`` (every unrated
-    decision is left out). Training and evaluation use the same horizon."""
-    if skip_unrated or joined.empty:
-        return float("-inf")
-    return float(joined["timestamp"].max()) - join_window_s
 
 
 def select_learnable(

@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Any
 
+from router.cli.options import add_feedback_options
+
 
 def _train(args: argparse.Namespace) -> int:
     from training.loop_turn import RetrainConfig, retrain
@@ -168,18 +170,7 @@ def add_commands(sub: Any) -> None:
     train.add_argument("--base", help="bundle that produced the logs, when no @champion exists")
     train.add_argument("--from-scratch", action="store_true", help="do not warm-start")
     train.add_argument("--holdout", type=float, default=0.3, help="latest share kept for OPE")
-    train.add_argument(
-        "--join-window-s", type=float, default=3600.0, help="seconds a feedback may join"
-    )
-    train.add_argument(
-        "--default-quality", type=float, default=0.0, help="quality without feedback"
-    )
-    train.add_argument(
-        "--skip-unrated",
-        action="store_true",
-        help="leave out every decision without feedback instead of learning --default-quality "
-        "(right when callers rate a random share of answers; default: off)",
-    )
+    add_feedback_options(train)
     train.add_argument("--w-cost", type=float, help="reward cost weight (default: champion's)")
     train.add_argument(
         "--w-latency", type=float, help="reward latency weight (default: champion's)"

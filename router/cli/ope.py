@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import ConfigError
+from router.cli.options import add_feedback_options
 
 
 def _load_policy_bundle(ref: str, tracking_uri: str | None = None) -> Any:
@@ -58,6 +59,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         min_ess=args.min_ess,
         join_window_s=args.join_window_s,
+        skip_unrated=args.skip_unrated,
     )
     candidate = next((p for p in policies if p != "champion"), None)
     champion = "champion" if args.champion else None
@@ -191,12 +193,7 @@ def add_evaluate_command(sub: Any) -> None:
     evaluate.add_argument(
         "--title", default="polyroute off-policy evaluation", help="title of the report"
     )
-    evaluate.add_argument(
-        "--join-window-s", type=float, default=3600.0, help="seconds a feedback may join"
-    )
-    evaluate.add_argument(
-        "--default-quality", type=float, default=0.0, help="quality without feedback"
-    )
+    add_feedback_options(evaluate)
     evaluate.add_argument(
         "--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals"
     )

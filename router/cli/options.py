@@ -12,6 +12,23 @@ DEFAULT_POLICY = "squarecb_quality"
 EXAMPLE_CONFIG = Path(__file__).parents[2] / "experiments" / "configs" / "router.example.yaml"
 
 
+def add_feedback_options(parser: argparse.ArgumentParser) -> None:
+    """How decisions are joined with their feedback: the options ``train`` and ``evaluate``
+    share, so that both treat an unrated decision the same way."""
+    parser.add_argument(
+        "--join-window-s", type=float, default=3600.0, help="seconds a feedback may join"
+    )
+    parser.add_argument(
+        "--default-quality", type=float, default=0.0, help="quality without feedback"
+    )
+    parser.add_argument(
+        "--skip-unrated",
+        action="store_true",
+        help="leave out every decision without feedback instead of learning --default-quality "
+        "(right when callers rate a random share of answers; default: off)",
+    )
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default (unless the help already names it, or there
     is none to name: flags, options without a default)."""

@@ -126,7 +126,6 @@ class FileEventSink(BackgroundEventWriter):
         self._encoder = CompactEncoder() if format == "compact" else None
         self.directory.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes] | None = None
-        self._path: Path | None = None  # the file being written
         self._size = 0
         self._seq = 0
         self._dirty = False
@@ -170,7 +169,7 @@ class FileEventSink(BackgroundEventWriter):
                 self._sync()
             self._file.close()
             self._file = None
-            self._finish(self._path)
+            self._finish()
 
     def _sync(self) -> None:
         assert self._file is not None
@@ -184,7 +183,7 @@ class FileEventSink(BackgroundEventWriter):
             if self.fsync != "never":
                 self._sync()
             self._file.close()
-            self._finish(self._path)
+            self._finish()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         while True:
             self._seq += 1
@@ -195,16 +194,16 @@ class FileEventSink(BackgroundEventWriter):
                 break
             except FileExistsError:
                 continue
-        self._path = path
         self._size = 0
         if self._encoder is not None:
             self._encoder.reset()
         self.files_written.append(path)
 
-    def _finish(self, path: Path | None) -> None:
-        """A file the sink is done with: compressed when asked (writer thread)."""
-        if self.compress != "zstd" or path is None:
+    def _finish(self) -> None:
+        """The file just closed (the last one opened): compressed when asked (writer thread)."""
+        if self.compress != "zstd":
             return
+        path = self.files_written[-1]
         try:
             compressed = compress_file(path, self.zstd_level, sync=self.fsync != "never")
         except Exception:  # OSError or zstandard's ZstdError: the writer must keep writing

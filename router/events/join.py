@@ -180,6 +180,15 @@ def join_events(
     return frame
 
 
+def unrated_horizon(joined: pd.DataFrame, join_window_s: float, skip_unrated: bool) -> float:
+    """The decision time after which a decision without feedback is left out as pending: the
+    join window before the log's last decision, or -inf with ``skip_unrated`` (every unrated
+    decision is left out). Training and evaluation use the same horizon."""
+    if skip_unrated or joined.empty:
+        return float("-inf")
+    return float(joined["timestamp"].max()) - join_window_s
+
+
 def charge_failures(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The joined rows as outcomes *of the chosen model*, for learning and evaluation.
 

@@ -33,6 +33,11 @@ PRIOR_WEIGHT = 5.0  # pseudo-outcomes at the overall mean behind each model's me
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the per-model logit in "blend"
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, without overflow for large |z|."""
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
+
+
 def shrunk_means(quality: np.ndarray, weight: float = PRIOR_WEIGHT) -> np.ndarray:
     """Each column's mean of its known (finite) values, shrunk towards the overall mean by
     ``weight`` pseudo-outcomes: a model seen a few times (bandit logs) stays near the overall
@@ -130,7 +135,7 @@ class QualityPredictor:
 
             self.pooled_: PooledLogistic = PooledLogistic(seed=self.seed).fit(contexts, quality)
             if self.estimator == "pooled":
-                self.pooled_.fold_of_ = self.pooled_.oof_logits_ = None
+                self.pooled_.drop_cv_state()
                 return self
         for j in range(len(models)):
             known = np.isfinite(quality[:, j])
@@ -149,8 +154,7 @@ class QualityPredictor:
             self.estimators_.append(est)
         if self.estimator == "blend":
             self.blend_weight_, self.blend_scores_ = self._choose_blend_weight(contexts, quality)
-        if self.estimator == "blend":  # not saved with the bundle: n x K floats
-            self.pooled_.fold_of_ = self.pooled_.oof_logits_ = None
+            self.pooled_.drop_cv_state()  # not saved with the bundle
         return self
 
     def _choose_blend_weight(
@@ -174,8 +178,8 @@ class QualityPredictor:
                 valid = fold_of == fold
                 rows = (fold_of != fold) & known[:, j]
                 q = quality[rows, j]
-                mean = float(np.clip(shrunk_means(quality[rows][:, [j]])[0], 1e-6, 1 - 1e-6))
                 if est is None or q.size < MIN_SAMPLES or min(q.sum(), (1.0 - q).sum()) < 3:
+                    mean = np.clip(shrunk_means(quality[rows][:, [j]])[0], 1e-6, 1 - 1e-6)
                     z_own[valid, j] = np.log(mean / (1 - mean))
                     continue
                 x, y, w = _soft_labels(contexts[rows], q)
@@ -183,11 +187,11 @@ class QualityPredictor:
                     StandardScaler(), LogisticRegression(C=float(est[-1].C_), max_iter=2000)
                 ).fit(x, y, logisticregression__sample_weight=w)
                 z_own[valid, j] = model.decision_function(contexts[valid])
-        y = np.where(known, quality, 0.0)
+        y, z_own, z_pooled = quality[known], z_own[known], z_pooled[known]
         scores: dict[float, float] = {}
         for a in BLEND_WEIGHTS:
-            z = np.where(known, a * z_own + (1.0 - a) * np.where(known, z_pooled, 0.0), 0.0)
-            scores[a] = float((np.logaddexp(0.0, z) - y * z)[known].mean())
+            z = a * z_own + (1.0 - a) * z_pooled
+            scores[a] = float((np.logaddexp(0.0, z) - y * z).mean())
         return min(scores, key=scores.__getitem__), scores
 
     def linear_form(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -234,8 +238,7 @@ class QualityPredictor:
         if self.estimator == "blend":
             form = self.linear_form()
             assert form is not None
-            z = np.asarray(contexts, dtype=float) @ form[0] + form[1]
-            return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
+            return sigmoid(np.asarray(contexts, dtype=float) @ form[0] + form[1])
         out = np.tile(self.prior_, (len(contexts), 1))
         for j, est in enumerate(self.estimators_):
             if est is not None:

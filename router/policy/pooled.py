@@ -26,15 +26,11 @@ from typing import Any
 import numpy as np
 
 from features.errors import PolicyError
-from router.policy.direct import shrunk_means
+from router.policy.direct import shrunk_means, sigmoid
 
 LAMBDA_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)  # per-model departures, lam
 SHARED_RATIO = (0.03, 0.3)  # lam0 = ratio * lam: the shared part is always penalised less
 CV_FOLDS = 3
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 class PooledLogistic:
@@ -104,7 +100,7 @@ class PooledLogistic:
                 z = xj @ (w0 + w[:, j]) + b[j]
                 # cross-entropy of soft labels, stable: log(1 + e^z) - y z
                 loss += float((np.logaddexp(0.0, z) - yj * z).sum())
-                r = _sigmoid(z) - yj
+                r = sigmoid(z) - yj
                 g_w[:, j] = xj.T @ r
                 g_b[j] = r.sum()
             loss /= n_known
@@ -139,6 +135,7 @@ class PooledLogistic:
             self.lam_, self.lam0_, self.cv_scores_ = self._select(xs, y, known, b_init)
         else:
             self.lam_, self.lam0_, self.cv_scores_ = self.lam, self.lam0, {}
+            self.drop_cv_state()
         theta = self._fit_once(xs, y, known, self.lam_, self.lam0_, b_init)
         d = x.shape[1]
         w0, w, b = self._unpack(theta, d, k)
@@ -180,6 +177,10 @@ class PooledLogistic:
         self.oof_logits_: np.ndarray | None = oof[(lam, lam0)]
         return lam, lam0, scores
 
+    def drop_cv_state(self) -> None:
+        """Forget the folds and out-of-fold logits of the penalty search (n x K floats)."""
+        self.fold_of_ = self.oof_logits_ = None
+
     # ---- predicting ---------------------------------------------------------------------
     def linear_form(self) -> tuple[np.ndarray, np.ndarray]:
         """``(W, b)`` on raw features: ``predict(X) == sigmoid(X @ W + b)``."""
@@ -188,7 +189,7 @@ class PooledLogistic:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         w, b = self.linear_form()
-        return np.asarray(_sigmoid(np.asarray(x, dtype=float) @ w + b))
+        return np.asarray(sigmoid(np.asarray(x, dtype=float) @ w + b))
 
     def params(self) -> dict[str, Any]:
         return {"lam": self.lam_, "lam0": self.lam0_}

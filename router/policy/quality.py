@@ -144,7 +144,7 @@ class QualitySquareCBPolicy(Policy):
         self.prior_counts_: dict[str, int] = {}  # known outcomes per model behind the prior
         self.residual_sum_: dict[str, float] = {}
         self.residual_count_: dict[str, int] = {}
-        # the same residuals weighted by 1 / p: sum(w * r), sum(w), sum(w^2) per model
+        # residuals="ips": the residuals weighted by 1 / p: sum(w * r), sum(w), sum(w^2)
         self.weighted_sum_: dict[str, float] = {}
         self.weight_sum_: dict[str, float] = {}
         self.weight_sq_: dict[str, float] = {}
@@ -219,10 +219,12 @@ class QualitySquareCBPolicy(Policy):
         model = actions[chosen].model
         self.residual_sum_[model] = self.residual_sum_.get(model, 0.0) + reward - predicted
         self.residual_count_[model] = self.residual_count_.get(model, 0) + 1
-        w = 1.0 / max(probability, MIN_PROPENSITY)
-        self.weighted_sum_[model] = self.weighted_sum_.get(model, 0.0) + w * (reward - predicted)
-        self.weight_sum_[model] = self.weight_sum_.get(model, 0.0) + w
-        self.weight_sq_[model] = self.weight_sq_.get(model, 0.0) + w * w
+        if self.residual_mode == "ips":
+            w = 1.0 / max(probability, MIN_PROPENSITY)
+            residual = w * (reward - predicted)
+            self.weighted_sum_[model] = self.weighted_sum_.get(model, 0.0) + residual
+            self.weight_sum_[model] = self.weight_sum_.get(model, 0.0) + w
+            self.weight_sq_[model] = self.weight_sq_.get(model, 0.0) + w * w
 
     # ---- deciding -----------------------------------------------------------------------
     def quality(self, contexts: np.ndarray, models: Sequence[str]) -> np.ndarray:
@@ -353,7 +355,8 @@ class QualitySquareCBPolicy(Policy):
             ("weight_sq", "weight_sq_"),
         ):
             setattr(self, attr, {str(k): float(v) for k, v in state.get(key, {}).items()})
-        if not all(math.isfinite(v) for v in self.residual_sum_.values()):
+        sums = (*self.residual_sum_.values(), *self.weighted_sum_.values())
+        if not all(math.isfinite(v) for v in sums):
             raise PolicyError(f"{path}: residuals.json holds a non-finite residual")
         model, linear = path / PREDICTOR_FILE, path / LINEAR_FILE
         if not model.is_file():
