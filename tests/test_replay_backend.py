@@ -162,8 +162,10 @@ def test_unknown_prompt_gives_generic_answer_estimated_usage_and_no_score(
 
 
 def test_bundled_dataset_notes_and_recorded_numbers(bundled: RoutingDataset) -> None:
+    """A train prompt of the bundled sample: it records the outcome, not the text."""
     client = _client(bundled)
-    row, col = 7, 3
+    row, col = 8, 3
+    assert bundled.prompts["split"].iat[row] == "train"
     model = bundled.model_names[col]
     prompt = str(bundled.prompts["prompt"].iat[row])
     pid = str(bundled.prompts["prompt_id"].iat[row])
@@ -390,3 +392,29 @@ def test_openai_sdk_sync_and_streaming(live_server: str) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gamma", messages=messages)
     assert [m.id for m in client.models.list()] == list(TINY_MODELS)
+
+
+def test_bundled_sample_serves_real_answer_texts_on_its_test_prompts(
+    bundled: RoutingDataset,
+) -> None:
+    """The sample's test prompts carry every model's real answer (the MMLU-Pro evaluation
+    outputs, experiments/data/sample_responses.py): the replay serves that text with its
+    recorded score."""
+    assert bundled.responses is not None
+    test_rows = np.flatnonzero(bundled.prompts["split"].to_numpy() == "test")
+    texts = bundled.responses[test_rows]
+    has_text = np.vectorize(lambda t: isinstance(t, str))(texts)
+    # every recorded outcome of a test prompt has its text; train prompts have none
+    assert np.array_equal(has_text, bundled.available[test_rows])
+    assert not np.vectorize(lambda t: isinstance(t, str))(
+        bundled.responses[bundled.prompts["split"].to_numpy() == "train"]
+    ).any()
+    client = _client(bundled)
+    row = int(test_rows[0])
+    prompt = str(bundled.prompts["prompt"].iat[row])
+    for col, model in enumerate(bundled.model_names[:5]):
+        r = client.post("/v1/chat/completions", json=_chat(model, prompt))
+        assert r.status_code == 200
+        answer = r.json()["choices"][0]["message"]["content"]
+        assert answer == bundled.responses[row, col] and not answer.startswith("[replay")
+        assert float(r.headers["x-replay-score"]) == bundled.quality[row, col]

@@ -10,7 +10,13 @@ from typing import cast
 
 import pytest
 
-from router.cli.run import SERVING_FILE, bundle_dir, choose_dataset, run_config
+from router.cli.run import (
+    SERVING_FILE,
+    _first_answer,
+    bundle_dir,
+    choose_dataset,
+    run_config,
+)
 from router.config import load_config
 from training.datasets import load_dataset
 
@@ -23,6 +29,40 @@ def test_choose_dataset(tmp_path: Path) -> None:
     for name in ("prompts.parquet", "outcomes.parquet"):
         (tmp_path / name).write_bytes(b"")
     assert choose_dataset(None, beside=tmp_path) == str(tmp_path)
+
+
+def test_first_answer_waits_for_ready_then_prints_the_routed_answer(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``run`` prints the first routed answer once /readyz answers 200 (not before), with the
+    model the gateway chose; a refused request prints its status, not a traceback."""
+    import httpx
+
+    seen: list[str] = []
+    ready = iter([503, 503, 200])
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/readyz":
+            return httpx.Response(next(ready))
+        assert json.loads(request.content)["messages"][0]["content"] == "2 + 2?"
+        message = {"role": "assistant", "content": "4. The answer is (A)."}
+        answer = {"choices": [{"message": message}]}
+        return httpx.Response(200, json=answer, headers={"x-polyroute-model": "m1"})
+
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "2 + 2?"}]})
+    _first_answer("http://gw", body, transport=httpx.MockTransport(gateway))
+    assert seen == ["/readyz", "/readyz", "/readyz", "/v1/chat/completions"]
+    out = capsys.readouterr().out
+    assert "routed to m1, which answered:\n  '4. The answer is (A).'" in out
+
+    def refusing(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            return httpx.Response(200)
+        return httpx.Response(503, json={"error": {"message": "every model is unavailable"}})
+
+    _first_answer("http://gw", body, transport=httpx.MockTransport(refusing))
+    assert "first routed request: HTTP 503: " in capsys.readouterr().out
 
 
 def test_bundle_cache_per_dataset(tmp_path: Path) -> None:

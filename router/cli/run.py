@@ -3,10 +3,12 @@ dataset's models, a policy bundle trained on its train split (cached) routes, an
 serves with file events.
 
 Which dataset (:func:`choose_dataset`): ``--dataset DIR``, else ``../shared/data/routerbench``
-when it sits beside the checkout (it records the models' answer texts: the replay serves them),
-else the bundled MMLU-Pro sample, which records scores but no answer texts: its replay answers
-with a labelled note of what was recorded (model, question, graded right or wrong), never with
-invented text. What serves is written to ``<home>/serving.json`` for ``polyroute policy``.
+when it sits beside the checkout, else the bundled MMLU-Pro sample. Both record the models'
+answer texts (the sample for its 600 test prompts), and the replay serves them; where a dataset
+records an outcome but no text, the replay answers with a labelled note of what was recorded
+(model, question, graded right or wrong), never with invented text. Once the gateway is ready,
+``run`` routes one test prompt through it and prints the answer. What serves is written to
+``<home>/serving.json`` for ``polyroute policy``.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         if data.responses is not None
         else "no answer texts: a labelled note of each recorded outcome"
     )
+    gateway = f"http://127.0.0.1:{args.port}"
     serving = {
         "what": "polyroute run: a local policy bundle (not in the MLflow registry)",
         "bundle": str(cache),
@@ -176,6 +179,7 @@ Ctrl-C stops it.""",
         flush=True,
     )
     app = create_app(config, bundle, sink)
+    threading.Thread(target=_first_answer, args=(gateway, body), daemon=True).start()
     try:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     finally:
@@ -183,6 +187,42 @@ Ctrl-C stops it.""",
         replay.should_exit = True
         (home / SERVING_FILE).unlink(missing_ok=True)
     return 0
+
+
+def _first_answer(gateway: str, body: str, wait_s: float = 60.0, transport: Any = None) -> None:
+    """Once the gateway is ready, route ``body`` through it and print which model answered,
+    with what (the first thing a user of ``make run`` sees is a routed answer, not only the
+    commands to get one). Nothing is printed if the gateway does not come up in ``wait_s``."""
+    import httpx
+
+    deadline = time.monotonic() + wait_s
+    with httpx.Client(base_url=gateway, timeout=30.0, transport=transport) as client:
+        while time.monotonic() < deadline:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            return
+        try:
+            r = client.post(
+                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+            )
+        except httpx.TransportError as exc:
+            print(f"first routed request failed: {exc}", flush=True)
+            return
+    if r.status_code != 200:
+        print(f"first routed request: HTTP {r.status_code}: {r.text[:300]}", flush=True)
+        return
+    answer = r.json()["choices"][0]["message"]["content"]
+    question = json.loads(body)["messages"][0]["content"]
+    print(
+        f"\nFirst routed request (a test prompt of the dataset):\n  {question!r}\n"
+        f"routed to {r.headers.get('x-polyroute-model', '?')}, which answered:\n  {answer!r}\n",
+        flush=True,
+    )
 
 
 def add_command(sub: Any) -> None:
