@@ -478,3 +478,16 @@ def test_shared_routerbench() -> None:
     # RouterBench has measured cost for every call: nothing derived
     assert not any("cost_usd value(s) derived" in n for n in ds.notes)
     assert np.isfinite(ds.cost).all()
+
+
+def test_with_models_keeps_prompts_and_the_named_columns_in_order(bundled: RoutingDataset) -> None:
+    names = [bundled.model_names[3], bundled.model_names[0]]
+    two = bundled.with_models(names)
+    assert two.model_names == names and two.n_prompts == bundled.n_prompts
+    np.testing.assert_array_equal(two.quality, bundled.quality[:, [3, 0]])
+    np.testing.assert_array_equal(two.available, bundled.available[:, [3, 0]])
+    np.testing.assert_array_equal(two.cost, bundled.cost[:, [3, 0]])
+    with pytest.raises(DatasetError, match=r"unknown \['gpt-9'\]"):
+        bundled.with_models(["gpt-9", names[0]])
+    with pytest.raises(DatasetError, match="with_models needs"):
+        bundled.with_models([])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,6 +95,41 @@ def _served_reward(
     return total / test.n_prompts
 
 
+def _warm_replay(
+    data: RoutingDataset, spec_w_cost: float, make: Any
+) -> tuple[Any, RoutingDataset, np.ndarray, ActionCatalogue, RewardSpec, np.ndarray]:
+    """The seeded learning-loop replay of the tests below: the featurizer fitted on the train
+    split, a quarter of it labelled (seed 1), the rest streamed as partial feedback in 3
+    retraining rounds of the policy ``make(spec)`` builds. Returns (replay result, test split,
+    its features, catalogue, reward spec, labelled mask)."""
+    train, test = data.split("train"), data.split("test")
+    featurizer = RequestFeaturizer(FeaturizerConfig(n_components=48)).fit(
+        train.prompts["prompt"].tolist()
+    )
+    x = featurizer.transform(train.prompts["prompt"].tolist())
+    xt = featurizer.transform(test.prompts["prompt"].tolist())
+    catalogue = ActionCatalogue(data.models).fit(x, train.output_tokens, train.available)
+    spec = RewardSpec(w_cost=spec_w_cost, cost_scale=Reference.of(train).c_hi)
+    labelled = np.random.default_rng(1).random(train.n_prompts) < 0.25
+    result = replay_rounds(
+        lambda: make(spec),
+        train,
+        x,
+        catalogue,
+        catalogue.expected_cost(x, train.input_tokens),
+        catalogue.expected_latency(x),
+        labelled=labelled,
+        rounds=3,
+    )
+    return result, test, xt, catalogue, spec, labelled
+
+
+def _best_fixed(test: RoutingDataset, spec: RewardSpec) -> float:
+    """The best single model's mean reward on ``test`` (known outcomes)."""
+    rewards = np.where(test.available, true_rewards(test, spec), np.nan)
+    return float(np.nanmax(np.nanmean(rewards, axis=0)))
+
+
 def test_warm_started_learning_loop_against_the_best_single_model(bundled: RoutingDataset) -> None:
     """Seeded replay of the learning loop on the bundled sample: a quarter of the train split
     labelled, the rest partial feedback in 3 retraining rounds. On the unseen test prompts the
@@ -104,24 +139,10 @@ def test_warm_started_learning_loop_against_the_best_single_model(bundled: Routi
 
     Measured: it does not beat the best fixed model's reward at w_cost = 0.2 on this sample:
     there, always gemini-1.5-flash is nearly optimal (see experiments/results/SUMMARY.md)."""
-    train, test = bundled.split("train"), bundled.split("test")
-    featurizer = RequestFeaturizer(FeaturizerConfig(n_components=48)).fit(
-        train.prompts["prompt"].tolist()
-    )
-    x = featurizer.transform(train.prompts["prompt"].tolist())
-    xt = featurizer.transform(test.prompts["prompt"].tolist())
-    catalogue = ActionCatalogue(bundled.models).fit(x, train.output_tokens, train.available)
-    spec = RewardSpec(w_cost=0.2, cost_scale=Reference.of(train).c_hi)
-    labelled = np.random.default_rng(1).random(train.n_prompts) < 0.25
-    result = replay_rounds(
-        lambda: QualitySquareCBPolicy(reward=spec, estimator="logistic", C=0.1),
-        train,
-        x,
-        catalogue,
-        catalogue.expected_cost(x, train.input_tokens),
-        catalogue.expected_latency(x),
-        labelled=labelled,
-        rounds=3,
+    result, test, xt, catalogue, spec, labelled = _warm_replay(
+        bundled,
+        0.2,
+        lambda spec: QualitySquareCBPolicy(reward=spec, estimator="logistic", C=0.1),
     )
     policy = result.policy
     assert isinstance(policy, QualitySquareCBPolicy)
@@ -140,8 +161,7 @@ def test_warm_started_learning_loop_against_the_best_single_model(bundled: Routi
     )
     assert any(c <= 0.8 * ref.best_cost and q >= 0.99 * ref.best_quality for c, q in curve)
     served = _served_reward(policy, test, xt, catalogue, spec)
-    rewards = np.where(test.available, true_rewards(test, spec), np.nan)
-    best_fixed = float(np.nanmax(np.nanmean(rewards, axis=0)))
+    best_fixed = _best_fixed(test, spec)
     assert served > best_fixed - 0.03, (served, best_fixed)
 
 
@@ -161,42 +181,13 @@ def test_warm_started_bandit_beats_the_best_single_model_where_routing_pays(
     rest partial feedback in 3 retraining rounds. On the unseen test prompts the final policy,
     exploration included, serves more than the best single model's reward + 0.02 (measured:
     +0.036 with this seed, +0.023 with seed 2; per-model LR's prior +0.027 / +0.015)."""
-    cols = [bundled.model_names.index(m) for m in SPECIALIST_SET]
-    data = replace(
-        bundled,
-        models=bundled.models.iloc[cols].reset_index(drop=True),
-        quality=bundled.quality[:, cols],
-        cost=bundled.cost[:, cols],
-        latency=bundled.latency[:, cols],
-        input_tokens=bundled.input_tokens[:, cols],
-        output_tokens=bundled.output_tokens[:, cols],
-        available=bundled.available[:, cols],
-        responses=None,
-    )
-    train, test = data.split("train"), data.split("test")
-    featurizer = RequestFeaturizer(FeaturizerConfig(n_components=48)).fit(
-        train.prompts["prompt"].tolist()
-    )
-    x = featurizer.transform(train.prompts["prompt"].tolist())
-    xt = featurizer.transform(test.prompts["prompt"].tolist())
-    catalogue = ActionCatalogue(data.models).fit(x, train.output_tokens, train.available)
-    spec = RewardSpec(w_cost=0.0, cost_scale=Reference.of(train).c_hi)
-    labelled = np.random.default_rng(1).random(train.n_prompts) < 0.25
-    result = replay_rounds(
-        lambda: QualitySquareCBPolicy(reward=spec),
-        train,
-        x,
-        catalogue,
-        catalogue.expected_cost(x, train.input_tokens),
-        catalogue.expected_latency(x),
-        labelled=labelled,
-        rounds=3,
+    result, test, xt, catalogue, spec, _labelled = _warm_replay(
+        bundled.with_models(SPECIALIST_SET), 0.0, lambda spec: QualitySquareCBPolicy(reward=spec)
     )
     assert isinstance(result.policy, QualitySquareCBPolicy)
     assert result.policy.estimator == "blend"  # the default prior
     served = _served_reward(result.policy, test, xt, catalogue, spec)
-    rewards = np.where(test.available, true_rewards(test, spec), np.nan)
-    best_fixed = float(np.nanmax(np.nanmean(rewards, axis=0)))
+    best_fixed = _best_fixed(test, spec)
     assert served > best_fixed + 0.02, (served, best_fixed)
 
 

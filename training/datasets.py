@@ -13,6 +13,7 @@ not eligible on a prompt where its outcome is unknown. What the loader did is li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -96,6 +97,29 @@ class RoutingDataset:
             output_tokens=self.output_tokens[idx],
             available=self.available[idx],
             responses=None if self.responses is None else self.responses[idx],
+            notes=self.notes,
+        )
+
+    def with_models(self, names: Sequence[str]) -> RoutingDataset:
+        """The same prompts with only the model columns ``names``, in that order."""
+        unknown = [m for m in names if m not in self.model_names]
+        if unknown or not names:
+            raise DatasetError(
+                f"with_models needs models of the dataset, got unknown {unknown} "
+                f"(known: {self.model_names})"
+            )
+        cols = [self.model_names.index(m) for m in names]
+        return RoutingDataset(
+            name=self.name,
+            prompts=self.prompts,
+            models=self.models.iloc[cols].reset_index(drop=True),
+            quality=self.quality[:, cols],
+            cost=self.cost[:, cols],
+            latency=self.latency[:, cols],
+            input_tokens=self.input_tokens[:, cols],
+            output_tokens=self.output_tokens[:, cols],
+            available=self.available[:, cols],
+            responses=None if self.responses is None else self.responses[:, cols],
             notes=self.notes,
         )
 

@@ -100,8 +100,7 @@ def main() -> None:
             out[f"{label}_aiq"] = round(float(figures["aiq"] or 0.0), 4)
         models = [m for m in args.models.split(",") if m in data.model_names]
         if len(models) >= 2:
-            cols = [data.model_names.index(m) for m in models]
-            sub_train, sub_test = _columns(train, cols), _columns(test, cols)
+            sub_train, sub_test = train.with_models(models), test.with_models(models)
             reward = np.where(
                 sub_test.available,
                 sub_test.quality - args.w_cost * sub_test.cost / scale,
@@ -128,7 +127,7 @@ def search(data: RoutingDataset, k: int, w_cost: float, top: int = 5) -> None:
     scale = Reference.of(train).c_hi
     found = []
     for cols in itertools.combinations(range(len(data.model_names)), k):
-        sub = _columns(train, list(cols))
+        sub = train.with_models([data.model_names[j] for j in cols])
         reward = np.where(sub.available, sub.quality - w_cost * sub.cost / scale, np.nan)
         best = float(np.nanmax(np.nanmean(reward, axis=0)))
         q_hat, c_hat = task_means(sub, sub)
@@ -138,23 +137,6 @@ def search(data: RoutingDataset, k: int, w_cost: float, top: int = 5) -> None:
     for gain, models, best in found[:top]:
         print(json.dumps({"dataset": data.name, "w_cost": w_cost, "models": models,
                           "train_best_single": round(best, 4), "train_gain": round(gain, 4)}))  # fmt: skip
-
-
-def _columns(data: RoutingDataset, cols: list[int]) -> RoutingDataset:
-    """``data`` restricted to the model columns ``cols``."""
-    from dataclasses import replace
-
-    return replace(
-        data,
-        models=data.models.iloc[cols].reset_index(drop=True),
-        quality=data.quality[:, cols],
-        cost=data.cost[:, cols],
-        latency=data.latency[:, cols],
-        input_tokens=data.input_tokens[:, cols],
-        output_tokens=data.output_tokens[:, cols],
-        available=data.available[:, cols],
-        responses=None if data.responses is None else data.responses[:, cols],
-    )
 
 
 if __name__ == "__main__":
