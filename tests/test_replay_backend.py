@@ -401,14 +401,12 @@ def test_bundled_sample_serves_real_answer_texts_on_its_test_prompts(
     outputs, experiments/data/sample_responses.py): the replay serves that text with its
     recorded score."""
     assert bundled.responses is not None
-    test_rows = np.flatnonzero(bundled.prompts["split"].to_numpy() == "test")
-    texts = bundled.responses[test_rows]
-    has_text = np.vectorize(lambda t: isinstance(t, str))(texts)
+    is_test = bundled.prompts["split"].to_numpy() == "test"
+    has_text = np.vectorize(lambda t: isinstance(t, str))(bundled.responses)
     # every recorded outcome of a test prompt has its text; train prompts have none
-    assert np.array_equal(has_text, bundled.available[test_rows])
-    assert not np.vectorize(lambda t: isinstance(t, str))(
-        bundled.responses[bundled.prompts["split"].to_numpy() == "train"]
-    ).any()
+    assert np.array_equal(has_text[is_test], bundled.available[is_test])
+    assert not has_text[~is_test].any()
+    test_rows = np.flatnonzero(is_test)
     client = _client(bundled)
     row = int(test_rows[0])
     prompt = str(bundled.prompts["prompt"].iat[row])

@@ -45,13 +45,15 @@ def test_first_answer_waits_for_ready_then_prints_the_routed_answer(
         seen.append(request.url.path)
         if request.url.path == "/readyz":
             return httpx.Response(next(ready))
-        assert json.loads(request.content)["messages"][0]["content"] == "2 + 2?"
+        assert json.loads(request.content) == {
+            "model": "auto",
+            "messages": [{"role": "user", "content": "2 + 2?"}],
+        }
         message = {"role": "assistant", "content": "4. The answer is (A)."}
         answer = {"choices": [{"message": message}]}
         return httpx.Response(200, json=answer, headers={"x-polyroute-model": "m1"})
 
-    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "2 + 2?"}]})
-    _first_answer("http://gw", body, transport=httpx.MockTransport(gateway))
+    _first_answer("http://gw", "2 + 2?", transport=httpx.MockTransport(gateway))
     assert seen == ["/readyz", "/readyz", "/readyz", "/v1/chat/completions"]
     out = capsys.readouterr().out
     assert "routed to m1, which answered:\n  '4. The answer is (A).'" in out
@@ -61,7 +63,7 @@ def test_first_answer_waits_for_ready_then_prints_the_routed_answer(
             return httpx.Response(200)
         return httpx.Response(503, json={"error": {"message": "every model is unavailable"}})
 
-    _first_answer("http://gw", body, transport=httpx.MockTransport(refusing))
+    _first_answer("http://gw", "2 + 2?", transport=httpx.MockTransport(refusing))
     assert "first routed request: HTTP 503: " in capsys.readouterr().out
 
 

@@ -3,8 +3,9 @@ learning loop (`replay_rounds`, partial feedback only, 4 rounds) on two thirds o
 train prompts, its final policy scored on the other third (the benchmark's 62-point curve):
 AIQ over that third's zero router with the pmf (exploration included, as the benchmark) and
 greedy (argmax of the same predictions), so exploration's share of the loss and the quality
-model's share are told apart. Policy options from env: ESTIMATOR, GAMMA_SCALE, EPSILON,
-RESIDUALS, KAPPA. usage: exp9.py DATASET [SEED]"""
+model's share are told apart. Policy options from env: ESTIMATOR, GAMMA_SCALE, GAMMA_EXPONENT,
+EPSILON, RESIDUALS, KAPPA; W_COST the loop's cost weight (default 0.2).
+usage: exp9.py DATASET [SEED]"""
 import sys, os, time; sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import numpy as np
 from features.featurizer import RequestFeaturizer
@@ -12,7 +13,7 @@ from router.policy.actions import ActionCatalogue
 from router.policy.base import RewardSpec
 from router.policy.quality import QualitySquareCBPolicy
 from training.datasets import load_dataset
-from training.evaluation import Reference, lambda_grid
+from training.evaluation import Reference, lambda_grid, sweep
 from training.metrics import aiq
 from training.simulate import quality_policy_curve, replay_rounds
 
@@ -42,12 +43,7 @@ zero = aiq(list(ref.single.values()), ref.c_lo, ref.c_hi)
 pmf_curve = quality_policy_curve(pol, valid, xv, c_v, scale, grid)
 names = valid.model_names
 base = pol.quality(xv, names) + pol.adjustments(names)[None, :]
-greedy = []
-rows = np.arange(valid.n_prompts)
-for lam in grid:
-    w = 1e6 if np.isinf(lam) else lam
-    j = np.argmax(base - w * c_v / scale, axis=1)
-    greedy.append((float(valid.cost[rows, j].mean()), float(valid.quality[rows, j].mean())))
+greedy = sweep(valid, base, c_v, scale, grid)  # argmax of the same predictions
 # the true per-model means on the learn part: how far the model's own estimates are from them
 q_true = np.nanmean(np.where(learn.available, learn.quality, np.nan), axis=0)
 q_est = pol.quality(x, names).mean(axis=0) + pol.adjustments(names)

@@ -36,7 +36,7 @@ import numpy as np
 
 from training.datasets import RoutingDataset, load_dataset
 from training.demo import DEMO_MODELS
-from training.evaluation import Reference, lambda_grid, summarise, sweep
+from training.evaluation import Reference, choose, lambda_grid, sweep
 from training.metrics import aiq
 
 
@@ -67,11 +67,15 @@ def rewards_at(
     data: RoutingDataset, q_hat: np.ndarray, c_hat: np.ndarray, w: float, scale: float
 ) -> float:
     """Mean true reward on ``data`` of routing by ``q_hat - w * c_hat / scale`` (available
-    models only)."""
-    score = np.where(data.available, q_hat - w * c_hat / scale, -np.inf)
-    j = np.argmax(score, axis=1)
+    models only; the benchmark's ``choose``)."""
+    j = choose(q_hat, c_hat / scale, w, data.available)
     rows = np.arange(data.n_prompts)
     return float((data.quality[rows, j] - w * data.cost[rows, j] / scale).mean())
+
+
+def single_rewards(data: RoutingDataset, w: float, scale: float) -> np.ndarray:
+    """Each (prompt, model)'s true reward at cost weight ``w``; NaN where unknown."""
+    return np.where(data.available, data.quality - w * data.cost / scale, np.nan)
 
 
 def main() -> None:
@@ -96,16 +100,11 @@ def main() -> None:
         for label, source in (("task_train", train), ("task_test", test)):
             q_hat, c_hat = task_means(source, test)
             curve = sweep(test, q_hat, c_hat, scale, grid)
-            figures = summarise(curve, ref)
-            out[f"{label}_aiq"] = round(float(figures["aiq"] or 0.0), 4)
+            out[f"{label}_aiq"] = round(aiq(curve, ref.c_lo, ref.c_hi), 4)
         models = [m for m in args.models.split(",") if m in data.model_names]
         if len(models) >= 2:
             sub_train, sub_test = train.with_models(models), test.with_models(models)
-            reward = np.where(
-                sub_test.available,
-                sub_test.quality - args.w_cost * sub_test.cost / scale,
-                np.nan,
-            )
+            reward = single_rewards(sub_test, args.w_cost, scale)
             means = np.nanmean(reward, axis=0)
             best = int(np.nanargmax(means))
             column = reward[:, best][np.isfinite(reward[:, best])]
@@ -128,8 +127,7 @@ def search(data: RoutingDataset, k: int, w_cost: float, top: int = 5) -> None:
     found = []
     for cols in itertools.combinations(range(len(data.model_names)), k):
         sub = train.with_models([data.model_names[j] for j in cols])
-        reward = np.where(sub.available, sub.quality - w_cost * sub.cost / scale, np.nan)
-        best = float(np.nanmax(np.nanmean(reward, axis=0)))
+        best = float(np.nanmax(np.nanmean(single_rewards(sub, w_cost, scale), axis=0)))
         q_hat, c_hat = task_means(sub, sub)
         gain = rewards_at(sub, q_hat, c_hat, w_cost, scale) - best
         found.append((gain, [data.model_names[j] for j in cols], best))

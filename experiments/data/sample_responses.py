@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = pd.read_parquet(args.sample / "prompts.parquet")
     outcomes = pd.read_parquet(args.sample / "outcomes.parquet")
     test = set(prompts.loc[prompts["split"] == "test", "prompt_id"])
-    responses: list[str | None] = [None] * len(outcomes)
+    responses = pd.Series(pd.NA, index=outcomes.index, dtype="string")
     mismatches: list[str] = []
     for model, rows in outcomes.groupby("model").groups.items():
         records = model_outputs(args.mmlu_pro_repo, str(model))
@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             # the answer text is ``model_outputs`` (API models) or ``generated_text`` (the rest)
             text = record.get("model_outputs", record.get("generated_text"))
-            responses[outcomes.index.get_loc(i)] = str(text).strip()
+            responses.at[i] = str(text).strip()
     if mismatches:
         print(f"{len(mismatches)} outcomes do not match the source:", *mismatches[:20], sep="\n")
         return 1
-    outcomes["response"] = pd.Series(responses, index=outcomes.index, dtype="string")
+    outcomes["response"] = responses
     outcomes.to_parquet(args.sample / "outcomes.parquet", index=False, compression="zstd")
     n = outcomes["response"].notna().sum()
     print(f"{n} answer texts added ({len(test)} test prompts x models that answered them)")

@@ -179,7 +179,7 @@ Ctrl-C stops it.""",
         flush=True,
     )
     app = create_app(config, bundle, sink)
-    threading.Thread(target=_first_answer, args=(gateway, body), daemon=True).start()
+    threading.Thread(target=_first_answer, args=(gateway, shortest), daemon=True).start()
     try:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     finally:
@@ -189,8 +189,8 @@ Ctrl-C stops it.""",
     return 0
 
 
-def _first_answer(gateway: str, body: str, wait_s: float = 60.0, transport: Any = None) -> None:
-    """Once the gateway is ready, route ``body`` through it and print which model answered,
+def _first_answer(gateway: str, question: str, wait_s: float = 60.0, transport: Any = None) -> None:
+    """Once the gateway is ready, route ``question`` through it and print which model answered,
     with what (the first thing a user of ``make run`` sees is a routed answer, not only the
     commands to get one). Nothing is printed if the gateway does not come up in ``wait_s``."""
     import httpx
@@ -208,7 +208,8 @@ def _first_answer(gateway: str, body: str, wait_s: float = 60.0, transport: Any 
             return
         try:
             r = client.post(
-                "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+                "/v1/chat/completions",
+                json={"model": "auto", "messages": [{"role": "user", "content": question}]},
             )
         except httpx.TransportError as exc:
             print(f"first routed request failed: {exc}", flush=True)
@@ -217,7 +218,6 @@ def _first_answer(gateway: str, body: str, wait_s: float = 60.0, transport: Any 
         print(f"first routed request: HTTP {r.status_code}: {r.text[:300]}", flush=True)
         return
     answer = r.json()["choices"][0]["message"]["content"]
-    question = json.loads(body)["messages"][0]["content"]
     print(
         f"\nFirst routed request (a test prompt of the dataset):\n  {question!r}\n"
         f"routed to {r.headers.get('x-polyroute-model', '?')}, which answered:\n  {answer!r}\n",
